@@ -1,0 +1,30 @@
+# The two entry points of the README. Both create .venv and install what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.parity-installed
+
+.PHONY: demo test install clean golden
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,feast,postgres]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: the main job on embedded defaults
+demo: $(STAMP)
+	$(BIN)/python -m parity.demo
+
+## test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## golden: regenerate tests/golden/ after a reviewed change to a compiled artifact
+golden: $(STAMP)
+	PARITY_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden.py
+
+clean:
+	rm -rf $(VENV) data build *.egg-info

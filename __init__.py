@@ -1,0 +1,13 @@
+"""Parity: a streaming feature platform.
+
+A feature is defined once (YAML or Python, see ``parity.registry``) and the same
+definition drives batch (DuckDB), streaming and online serving.
+
+Importing this package is cheap on purpose: it starts no JVM, opens no socket, reads no
+config and imports no engine (pyflink, confluent_kafka, feast, redis, duckdb).
+"""
+
+from parity.errors import ParityError
+
+__version__ = "0.1.0"
+__all__ = ["ParityError", "__version__"]
