@@ -1,0 +1,189 @@
+"""The ``parity`` command line. It parses arguments and calls library functions, nothing more.
+
+Errors print as one readable line (``error: ...``) plus a hint, and exit with status 1;
+usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from parity import __version__
+from parity.errors import ParityError
+
+EPILOG = """\
+examples:
+  parity init my_project          scaffold the short-video example project
+  parity plan                     show what apply would add, change and remove
+  parity apply                    record the definitions in the registry
+  parity list --json              live entities, sources, views and services
+  parity describe user_engagement features, windows, hops, tiles, retention, filters
+
+The project is the folder holding feature_store.yaml: the current one, or --config
+(or the PARITY_CONFIG environment variable)."""
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _project(args: argparse.Namespace):
+    from parity.registry.project import Project
+
+    return Project.load(args.config)
+
+
+def _retire(values: Sequence[str]) -> list[tuple[str, int]]:
+    parsed = []
+    for value in values or ():
+        name, _, version = value.partition("@")
+        if not version.lstrip("v").isdigit():
+            raise ParityError(f"--retire {value!r}: expected VIEW@VERSION", hint="e.g. --retire user_engagement@1")
+        parsed.append((name, int(version.lstrip("v"))))
+    return parsed
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from parity.registry.project import init_project
+
+    path = init_project(args.directory)
+    print(f"created a Parity project in {path}/ (feature_store.yaml, feature_defs/)")
+    print(f"next: cd {path} && parity plan && parity apply")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, *, commit: bool = False) -> int:
+    from parity.registry import plan as planning
+
+    project = _project(args)
+    loaded = project.definitions(args.defs)
+    with project.store() as store:
+        if commit:
+            result, revision = planning.apply(loaded, store, _retire(args.retire))
+        else:
+            result, revision = planning.plan(loaded, store, _retire(args.retire)), None
+    if args.json:
+        _print_json({**result.to_json(), "applied_revision": revision})
+        return 0
+    print(result.render())
+    if commit:
+        print(f"applied: registry is at revision {revision}" if result.has_changes else "nothing to apply")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from parity.registry.describe import list_objects
+    from parity.registry.plan import registry_definitions
+
+    project = _project(args)
+    with project.store() as store:
+        snapshot = store.snapshot()
+    listing = list_objects(registry_definitions(snapshot))
+    if args.json:
+        _print_json({"revision": snapshot.revision, **listing})
+        return 0
+    print(f"registry revision {snapshot.revision}")
+    print("feature views:")
+    for v in listing["feature_views"]:
+        print(f"  {v['name']:<20} v{v['version']:<3} {v['status']:<18} entity={v['entity']:<8} "
+              f"source={v['source']:<14} features={v['features']:<3} owner={v['owner']}")
+    print("feature services: " + ", ".join(f"{s['name']} ({s['features']} refs)" for s in listing["feature_services"]))
+    print("entities: " + ", ".join(e["name"] for e in listing["entities"]))
+    print("sources: " + ", ".join(f"{s['name']} ({s['kind']})" for s in listing["sources"]))
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from parity.registry.describe import describe_view, render_view
+    from parity.registry.plan import registry_definitions
+
+    name, _, version = args.view.partition("@")
+    project = _project(args)
+    with project.store() as store:
+        defs = registry_definitions(store.snapshot())
+    view = defs.view(name, int(version.lstrip("v")) if version else None)
+    if view is None:
+        known = ", ".join(sorted({v.name for v in defs.feature_views})) or "none applied yet"
+        raise ParityError(f"no live view {args.view!r} in the registry", hint=f"live views: {known}")
+    info = describe_view(defs, view)
+    if args.json:
+        _print_json(info)
+    else:
+        print(render_view(info))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    project = _project(args)
+    with project.store() as store:
+        entries = store.history(args.limit)
+    if args.json:
+        _print_json([{"revision": e.revision, "applied_at": e.applied_at.isoformat(), "applied_by": e.applied_by,
+                      "summary": e.summary, "state_hash": e.state_hash} for e in entries])
+        return 0
+    for e in entries:
+        print(f"r{e.revision:<4} {e.applied_at:%Y-%m-%d %H:%M:%S}Z  {e.applied_by:<30} {e.summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parity", description="Parity: define features once; serve them online and offline, equal.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"parity {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=os.environ.get("PARITY_CONFIG", "feature_store.yaml"),
+                        help="feature_store.yaml or the folder holding it (default: ./feature_store.yaml, "
+                             "or $PARITY_CONFIG)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", help="scaffold a working example project in DIR")
+    p.add_argument("directory", metavar="DIR", help="folder to create (must not hold a feature_store.yaml)")
+    p.set_defaults(func=cmd_init)
+
+    for name, commit, text in (("plan", False, "show what apply would add, change and remove (no writes)"),
+                               ("apply", True, "record the definitions in the registry atomically")):
+        p = sub.add_parser(name, parents=[common], help=text, description=text + ". A change to what a feature "
+                           "means (agg, column, window, where, k, ttl, source, entity) on a live view version is "
+                           "refused unless the view's version is bumped; the exit status is then 1.")
+        p.add_argument("--defs", help="definitions folder or file (default: feature_defs from the config)")
+        p.add_argument("--retire", action="append", metavar="VIEW@N",
+                       help="also remove a superseded live version, e.g. user_engagement@1 (repeatable)")
+        p.set_defaults(func=(lambda a, c=commit: cmd_plan(a, commit=c)))
+
+    p = sub.add_parser("list", parents=[common], help="list live entities, sources, views and services")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("describe", parents=[common], help="describe a live view: features, windows, hops, tile "
+                       "resolutions, retention, owner and the DuckDB SQL of its filters")
+    p.add_argument("view", metavar="VIEW[@N]", help="view name, optionally with a version (default: newest)")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("history", parents=[common], help="registry revisions, newest first")
+    p.add_argument("--limit", type=int, default=20, help="how many revisions (default 20)")
+    p.set_defaults(func=cmd_history)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
