@@ -141,6 +141,8 @@ def tile_cover(start: int | None, now: int, resolutions: Iterable[int]) -> list[
     ordered = sorted(set(resolutions))
     if not ordered:
         raise ValueError("a tile cover needs at least one resolution")
+    if not is_divisibility_chain(ordered):
+        raise ValueError(f"resolutions {ordered} do not form a divisibility chain")
     finest = ordered[0]
     complete_end = floor_to(now, finest)
     tiles: list[Tile] = []
@@ -160,6 +162,8 @@ def tile_cover(start: int | None, now: int, resolutions: Iterable[int]) -> list[
                 tiles.append(Tile(resolution, position, position + resolution))
                 position += resolution
                 break
+        else:  # unreachable for aligned starts on a chain; never loop forever
+            raise ValueError(f"no tile of {ordered} fits at {position}")
     if position < now:
         tiles.append(Tile(finest, position, now, open=True))
     return tiles
