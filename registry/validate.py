@@ -214,12 +214,13 @@ class _Checker:
             window = feature_window(view, feature)
         except DurationSyntaxError:
             return  # the hop override is reported by hops()
-        if window is not None and length % window.hop:
+        if window is None or window.hop != default_hop(length):
+            return  # an overridden hop is checked against its window by hops()
+        if length % window.hop:
             hop = format_duration(window.hop)
             lower = format_duration(length - length % window.hop) if length > window.hop else hop
-            overridden = window.hop != default_hop(length)
             add(f"window {feature.window} is not a multiple of its {hop} hop", "window",
-                f"use a multiple of {hop}, such as {lower}" + ("" if overridden else ", or override the hop in `hops`"))
+                f"use a multiple of {hop}, such as {lower}, or override the hop in `hops`")
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ user_engagement = FeatureView(
         Mean("completion_mean_24h", column="completion", window="24h", where=PLAY),
         Mean("completion_mean_7d", column="completion", window="7d", where=PLAY),
         Count("skips_1h", window="1h", where="event_type = 'skip'"),
+        Count("plays_10m", window="10m", where=PLAY),
+        Count("likes_24h", window="24h", where="event_type = 'like'"),
+        Count("shares_7d", window="7d", where="event_type = 'share'"),
         LastK("last_watched_videos", column="video_id", k=20, window="7d",
               where="event_type = 'play' AND completion >= 0.5",
               description="The 20 most recent videos watched past half-way, newest first."),
@@ -77,6 +80,7 @@ video_engagement = FeatureView(
           for what in ("play", "like", "share") for window in ("10m", "1h", "24h")],
         Sum("completions_24h", column="completed", window="24h", where=PLAY),
         Mean("watch_ms_mean_24h", column="watch_ms", window="24h", where=PLAY),
+        Count("skips_1h", window="1h", where="event_type = 'skip'"),
     ],
 )
 
