@@ -21,6 +21,7 @@ from parity.errors import ConfigError
 from parity.registry.durations import DurationSyntaxError, parse_duration
 
 CONFIG_FILE = "feature_store.yaml"
+PARITY_SECTIONS = ("offline_log", "streaming", "serving", "batch")
 
 
 class _Feast(BaseModel):
@@ -151,6 +152,8 @@ def load_config(path: str | Path = CONFIG_FILE) -> FeatureStoreConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys such as project:, registry:")
+    # a section whose keys are all commented out is an empty section, not an error
+    raw = {key: value for key, value in raw.items() if not (value is None and key in PARITY_SECTIONS)}
     try:
         return FeatureStoreConfig.model_validate({**raw, "root": path.parent.resolve()})
     except ValidationError as exc:

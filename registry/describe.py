@@ -7,6 +7,7 @@ from typing import Any
 from parity.registry.durations import format_duration, parse_duration
 from parity.registry.expr import parse, render_sql
 from parity.registry.models import Definitions, FeatureRef, FeatureView
+from parity.registry.schema import view_schema
 from parity.registry.semantics import feature_window, output_dtype, retention, view_resolutions
 
 
@@ -16,10 +17,7 @@ def _duration(us: int | None) -> str | None:
 
 def describe_view(defs: Definitions, view: FeatureView) -> dict[str, Any]:
     """Everything an operator wants to know about one view version."""
-    source = defs.source(view.source)
-    schema = dict(source.schema_) if source else {}
-    for name, text in view.derived.items():
-        schema.setdefault(name, "derived")
+    schema = view_schema(defs, view)
     keep = retention(view)
     features = []
     for feature in view.features:
@@ -31,7 +29,7 @@ def describe_view(defs: Definitions, view: FeatureView) -> dict[str, Any]:
             "agg": feature.agg if feature.agg != "last_k" else f"last_k({feature.k})",
             "column": feature.column,
             "type": output_dtype(feature.agg, column_type),
-            "window": None if window is None else ("lifetime" if window.is_lifetime else _duration(window.length)),
+            "window": feature.window,
             "hop": None if window is None else _duration(window.hop),
             "ttl": None if feature.ttl is None else format_duration(parse_duration(feature.ttl)),
             "where": feature.where,

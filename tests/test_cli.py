@@ -83,7 +83,7 @@ def test_describe_shows_windows_hops_tiles_retention_owner_and_filter_sql(projec
     assert info["tile_resolutions"] == ["5m", "1h"]
     assert info["retention"] == "7d1h"  # longest window 7d + its 1h hop
     f = {x["name"]: x for x in info["features"]}
-    assert (f["watch_ms_24h"]["window"], f["watch_ms_24h"]["hop"], f["watch_ms_24h"]["type"]) == ("1d", "1h", "int64")
+    assert (f["watch_ms_24h"]["window"], f["watch_ms_24h"]["hop"], f["watch_ms_24h"]["type"]) == ("24h", "1h", "int64")
     assert f["last_watched_videos"]["agg"] == "last_k(20)"
     assert f["last_watched_videos"]["type"] == "list<int64>"
     assert f["plays_1h"]["output_column"] == "user_engagement__plays_1h"
