@@ -1,0 +1,93 @@
+"""DuckDB renderings of each aggregation: tile partials, and the merge of partials.
+
+One table entry per aggregation (the dispatch is checked for completeness by the tests).
+A *partial* summarises some events of one entity (a tile, or the events of one timestamp);
+*merge* combines the partials of a window into the feature value. The empty-window values
+come from :func:`parity.registry.semantics.empty_value`.
+
+Ingest order, used to break ties on equal timestamps, is ``(ts, _partition, _offset)``:
+the struct ``__key`` below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from parity.registry.models import Feature
+from parity.registry.semantics import empty_value, output_dtype
+from parity.registry.types import DUCKDB_TYPES, INTEGER_TYPES
+
+ORDER_KEY = "{'ts': __ts, 'p': __p, 'o': __o}"
+
+
+def q(name: str) -> str:
+    """Quote an identifier for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class AggSpec:
+    """How one aggregation is computed from tiles.
+
+    ``partials(col, where, f)`` -> list of (suffix, aggregate SQL over events);
+    ``merge(p, f, flt)`` -> SQL over partial rows, where ``p(suffix)`` names a partial column
+    and ``flt`` is the ``FILTER (WHERE ...)`` clause selecting the window's partials.
+    """
+
+    partials: Callable[[str | None, str, Feature], list[tuple[str, str]]]
+    merge: Callable[[Callable[[str], str], Feature, str], str]
+
+
+def _nonnull(col: str | None, where: str) -> str:
+    return where if col is None else f"({where}) AND {col} IS NOT NULL"
+
+
+AGGREGATES: dict[str, AggSpec] = {
+    "count": AggSpec(
+        lambda col, w, f: [("c", f"count({col or '*'}) FILTER (WHERE {w})")],
+        lambda p, f, flt: f"coalesce(sum({p('c')}) {flt}, 0)::BIGINT",
+    ),
+    "sum": AggSpec(
+        lambda col, w, f: [("s", f"sum({col}) FILTER (WHERE {w})")],
+        lambda p, f, flt: f"sum({p('s')}) {flt}",
+    ),
+    "mean": AggSpec(
+        lambda col, w, f: [("s", f"sum({col}::DOUBLE) FILTER (WHERE {w})"), ("c", f"count({col}) FILTER (WHERE {w})")],
+        lambda p, f, flt: f"(sum({p('s')}) {flt}) / nullif(sum({p('c')}) {flt}, 0)",
+    ),
+    "min": AggSpec(
+        lambda col, w, f: [("m", f"min({col}) FILTER (WHERE {w})")],
+        lambda p, f, flt: f"min({p('m')}) {flt}",
+    ),
+    "max": AggSpec(
+        lambda col, w, f: [("m", f"max({col}) FILTER (WHERE {w})")],
+        lambda p, f, flt: f"max({p('m')}) {flt}",
+    ),
+    "last": AggSpec(
+        lambda col, w, f: [("k", f"max({ORDER_KEY}) FILTER (WHERE {_nonnull(col, w)})"),
+                           ("v", f"arg_max({col}, {ORDER_KEY}) FILTER (WHERE {_nonnull(col, w)})")],
+        lambda p, f, flt: f"arg_max({p('v')}, {p('k')}) {flt}",
+    ),
+    "last_k": AggSpec(
+        lambda col, w, f: [("l", f"arg_max({{'k': {ORDER_KEY}, 'v': {col}}}, {ORDER_KEY}, {f.k}) "
+                                 f"FILTER (WHERE {_nonnull(col, w)})")],
+        lambda p, f, flt: (f"list_transform(list_slice(list_sort(flatten(list({p('l')}) {flt}), 'DESC'), 1, {f.k}), "
+                           f"lambda x: x.v)"),
+    ),
+}
+
+
+def finish(agg: str, merged: str, column_dtype: str | None) -> str:
+    """Cast a merged value to the feature's type and apply the empty-window value."""
+    dtype = output_dtype(agg, column_dtype)
+    empty = empty_value(agg, column_dtype)
+    if agg == "last_k":
+        element = DUCKDB_TYPES[column_dtype]  # type: ignore[index]
+        return f"coalesce({merged}, []::{element}[])"
+    sql_type = DUCKDB_TYPES[dtype]
+    if empty is None:
+        return f"({merged})::{sql_type}"
+    literal = "0" if column_dtype is None or column_dtype in INTEGER_TYPES or agg == "count" else "0.0"
+    return f"coalesce(({merged})::{sql_type}, {literal})"
+

@@ -1,0 +1,117 @@
+"""Running batch work on DuckDB: connection settings, spine input, phases with progress."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from parity.errors import ParityError
+from parity.registry.models import Definitions
+from parity.registry.resolve import ResolvedFeature
+
+
+@dataclass
+class Phases:
+    """Wall time per phase, in order (reported by the CLI and the benchmarks)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def record(self, name: str, started: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def connect(memory_limit: str | None = None, threads: int | None = None, temp_directory: str | Path | None = None):
+    """A DuckDB connection for batch work (out of core: spills to ``temp_directory``)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET preserve_insertion_order = false")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if temp_directory:
+        Path(temp_directory).mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = '{str(temp_directory).replace(chr(39), chr(39) * 2)}'")
+    return con
+
+
+def register_spine(con, spine: Any) -> str:
+    """Make the spine a DuckDB relation ``__spine_in`` with a ``__row`` column (spine order)."""
+    import pyarrow as pa
+
+    if isinstance(spine, (str, Path)):
+        path = str(spine).replace("'", "''")
+        suffix = Path(spine).suffix.lower()
+        if not Path(spine).exists():
+            raise ParityError(f"spine file {spine} not found")
+        reader = {".parquet": "read_parquet", ".csv": "read_csv", ".jsonl": "read_json", ".json": "read_json",
+                  ".ndjson": "read_json"}.get(suffix)
+        if reader is None:
+            raise ParityError(f"spine file {spine}: unknown format {suffix!r}", hint="use .parquet, .csv or .jsonl")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __spine_in AS SELECT *, (row_number() OVER ())::BIGINT - 1 AS __row "
+                    f"FROM (SELECT * FROM {reader}('{path}') )")
+        return "__spine_in"
+    if not isinstance(spine, pa.Table):
+        try:
+            spine = pa.Table.from_pandas(spine, preserve_index=False)
+        except Exception as exc:  # not a DataFrame either
+            raise ParityError(f"cannot use a {type(spine).__name__} as a spine: {exc}",
+                              hint="pass a pyarrow Table, a pandas DataFrame or a file path") from None
+    if "__row" in spine.column_names:
+        raise ParityError("spine column name __row is reserved")
+    spine = spine.append_column("__row", pa.array(range(spine.num_rows), pa.int64()))
+    con.register("__spine_arrow", spine)
+    return "__spine_arrow"
+
+
+def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], spine: Any,
+                     scan_of: Callable[[str], str], *, mode: str = "event_time", timestamp_column: str = "ts",
+                     out: str | Path | None = None, progress: bool = False, phases: Phases | None = None):
+    """Compute a training set; return an Arrow table, or write Parquet to ``out`` and return its path."""
+    from parity.batch.training_set import group_count, prepare_spine, training_set_sql
+
+    phases = phases if phases is not None else Phases()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=group_count(resolved) + 2, desc="training set", unit="step")
+    started = time.perf_counter()
+    table = register_spine(con, spine)
+    columns = prepare_spine(con, defs, resolved, table, timestamp_column)
+    phases.record("spine", started)
+    if bar:
+        bar.update(1)
+    counter = iter(range(10_000))
+
+    def step(name: str, sql: str) -> str:
+        began = time.perf_counter()
+        relation = f"__group{next(counter)}"
+        if bar:
+            bar.set_postfix_str(name)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {relation} AS {sql}")
+        phases.record(f"features: {name}", began)
+        if bar:
+            bar.update(1)
+        return relation
+
+    sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step)
+    began = time.perf_counter()
+    if bar:
+        bar.set_postfix_str("assemble")
+    try:
+        if out is not None:
+            target = str(out).replace("'", "''")
+            con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet)")
+            result: Any = Path(out)
+        else:
+            result = con.sql(sql).to_arrow_table()
+    finally:
+        phases.record("assemble", began)
+        if bar:
+            bar.update(1)
+            bar.close()
+    return result

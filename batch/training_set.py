@@ -1,0 +1,224 @@
+"""Point-in-time training sets on DuckDB, exact to DESIGN.md's window rule.
+
+For each view and each tile size ``h`` (a window's hop; 1 day for lifetime windows and
+latest values), the value at spine time ``t`` merges:
+
+1. **complete tiles**: partial aggregates per (entity, ``floor(ts, h)``) for tiles with
+   ``floor(t - W, h) <= tile < floor(t, h)`` (start bound per feature);
+2. **the open tile**: raw events with ``floor(t, h) <= ts < t``;
+3. in **as-served** mode only, events count only if visible (``_applied_at``, or
+   ``_ingested_at`` for batch-landed rows, ``<= t``). Tiles then hold only the events that
+   were visible before their tile ended (certainly visible at ``t``); the others ("late")
+   are joined one by one with ``visible <= t``.
+
+Window starts come from :mod:`parity.registry.semantics`; partials and merges from
+:mod:`parity.batch.aggregates`; filters and derived columns from the expression renderer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from parity.batch.aggregates import AGGREGATES, ORDER_KEY, finish, q
+from parity.errors import ParityError
+from parity.registry.durations import DAY, parse_duration
+from parity.registry.expr import parse, render_sql
+from parity.registry.models import Definitions, FeatureView
+from parity.registry.resolve import ResolvedFeature
+from parity.registry.schema import view_schema
+from parity.registry.semantics import feature_window
+from parity.registry.types import DUCKDB_TYPES
+
+MODES = ("event_time", "as_served")
+LATEST = "latest"
+
+
+class SpineError(ParityError):
+    """The spine lacks a column, or a column has the wrong type."""
+
+
+def floor_sql(expr: str, step: int) -> str:
+    """``floor(expr, step)`` on integer microseconds, correct for negative values too."""
+    return f"({expr} - (({expr} % {step}) + {step}) % {step})"
+
+
+@dataclass
+class Group:
+    """Features of one view that share a tile size."""
+
+    view: FeatureView
+    tile: int
+    features: list[tuple[ResolvedFeature, int | None]]  # (feature, window length; None = lifetime/latest)
+
+
+def plan_groups(resolved: Iterable[ResolvedFeature]) -> list[Group]:
+    groups: dict[tuple[str, int, int], Group] = {}
+    for item in resolved:
+        window = feature_window(item.view, item.feature)
+        if window is None or window.is_lifetime:
+            tile, length = DAY, None
+        else:
+            tile, length = window.hop, window.length
+        key = (item.view.name, item.view.version, tile)
+        groups.setdefault(key, Group(item.view, tile, [])).features.append((item, length))
+    return list(groups.values())
+
+
+def events_sql(defs: Definitions, view: FeatureView, scan: str) -> str:
+    """The view's events: entity keys, integer-microsecond times, ingest order, columns."""
+    source = defs.source(view.source)
+    entity = defs.entity(view.entity)
+    keys = ", ".join(f"CAST({q(view.source_column_of(k))} AS {DUCKDB_TYPES[t]}) AS {q('__k_' + k)}"
+                     for k, t in entity.join_keys.items())
+    ts = q(source.timestamp_field)
+    if source.kind == "snapshot":
+        meta = f"epoch_us({ts}) AS __vis, -1 AS __p, 0::BIGINT AS __o"
+    else:
+        meta = ("epoch_us(coalesce(_applied_at, _ingested_at)) AS __vis, _partition AS __p, _offset AS __o")
+    sql = f"SELECT *, {keys}, epoch_us({ts}) AS __ts, {meta} FROM {scan} WHERE {ts} IS NOT NULL"
+    for name, text in view.derived.items():
+        sql = f"SELECT *, ({render_sql(parse(text), 'duckdb')}) AS {q(name)} FROM ({sql})"
+    return sql
+
+
+def _feature_sql(item: ResolvedFeature) -> tuple[str | None, str]:
+    column = q(item.feature.column) if item.feature.column else None
+    where = render_sql(parse(item.feature.where), "duckdb") if item.feature.where else "TRUE"
+    return column, where
+
+
+def group_sql(defs: Definitions, group: Group, scan: str, mode: str) -> str:
+    """One row per distinct (entity keys, t) of the spine with this group's feature values."""
+    entity = defs.entity(group.view.entity)
+    keys = [q("__k_" + k) for k in entity.join_keys]
+    key_list = ", ".join(keys)
+    h = group.tile
+    schema = view_schema(defs, group.view)
+    partial_cols: list[str] = []
+    merges: list[str] = []
+    lows: list[str] = []
+    for index, (item, length) in enumerate(group.features):
+        column, where = _feature_sql(item)
+        spec = AGGREGATES["last" if item.feature.window is None else item.feature.agg]
+        for suffix, sql in spec.partials(column, where, item.feature):
+            partial_cols.append(f"{sql} AS __f{index}_{suffix}")
+        if length is None:
+            flt, low = "", None
+        else:
+            low = floor_sql(f"__t - {length}", h)
+            flt = f"FILTER (WHERE __start >= {low})"
+            lows.append(low)
+        merged = spec.merge(lambda s, i=index: f"__f{i}_{s}", item.feature, flt)
+        column_dtype = schema.get(item.feature.column) if item.feature.column else None
+        if item.feature.window is None:  # latest value: the last event before t, if younger than ttl
+            ttl = parse_duration(item.feature.ttl)
+            merged = (f"CASE WHEN (max(__f{index}_k)).ts >= __t - {ttl} THEN {merged} END")
+            merges.append(f"({merged})::{DUCKDB_TYPES[column_dtype]} AS {q(item.output_name)}")
+        else:
+            merges.append(f"{finish(item.feature.agg, merged, column_dtype)} AS {q(item.output_name)}")
+    low_all = f"least({', '.join(lows)})" if lows and len(lows) == len(group.features) else None
+    in_range = f" AND t.__tile >= {low_all.replace('__t', 'p.__t')}" if low_all else ""
+    prompt = "TRUE" if mode == "event_time" else f"__vis < __tile + {h}"
+    visible = "TRUE" if mode == "event_time" else "e.__vis <= p.__t"
+    late_range = f" AND e.__ts >= {low_all.replace('__t', 'p.__t')}" if low_all else ""
+    partial_list = ", ".join(partial_cols)
+    pick = ", ".join(f"p.{k}" for k in keys)
+    partial_names = ", ".join(c.rsplit(" AS ", 1)[1] for c in partial_cols)
+    return f"""
+WITH ev AS (
+  SELECT *, {floor_sql('__ts', h)} AS __tile FROM ({events_sql(defs, group.view, scan)})
+),
+points AS (SELECT DISTINCT {key_list}, __t FROM __spine),
+tiles AS (
+  SELECT {key_list}, __tile, {partial_list} FROM ev WHERE {prompt} GROUP BY ALL
+),
+parts AS (
+  SELECT {pick}, p.__t, t.__tile AS __start, {', '.join('t.' + n for n in partial_names.split(', '))}
+  FROM points p JOIN tiles t USING ({key_list})
+  WHERE t.__tile < {floor_sql('p.__t', h)}{in_range}
+  UNION ALL
+  SELECT {pick}, p.__t, e.__ts AS __start, {partial_list}
+  FROM points p JOIN ev e USING ({key_list})
+  WHERE e.__tile = {floor_sql('p.__t', h)} AND e.__ts < p.__t AND {visible}
+  GROUP BY ALL
+  {"" if mode == "event_time" else f'''UNION ALL
+  SELECT {pick}, p.__t, e.__ts AS __start, {partial_list}
+  FROM points p JOIN ev e USING ({key_list})
+  WHERE NOT (e.__vis < e.__tile + {h}) AND e.__tile < {floor_sql('p.__t', h)}{late_range} AND {visible}
+  GROUP BY ALL'''}
+)
+SELECT {key_list}, __t, {', '.join(merges)} FROM points LEFT JOIN parts USING ({key_list}, __t)
+GROUP BY {key_list}, __t
+"""
+
+
+def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine_table: str,
+                  timestamp_column: str) -> list[str]:
+    """Create ``__spine`` from the user's spine: typed entity keys, ``__t`` and ``__row``.
+
+    Returns the user's column names, in order.
+    """
+    columns = [row[0] for row in con.execute(f"DESCRIBE {spine_table}").fetchall()]
+    types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {spine_table})").fetchall())
+    if timestamp_column not in columns:
+        raise SpineError(f"the spine has no timestamp column {timestamp_column!r} (columns: {', '.join(columns)})",
+                         hint="pass timestamp_column= naming the column that holds each row's time")
+    if not types[timestamp_column].startswith(("TIMESTAMP", "DATE")):
+        raise SpineError(f"spine column {timestamp_column!r} is {types[timestamp_column]}, not a timestamp",
+                         hint="cast it to a timestamp (UTC) before asking for a training set")
+    key_exprs = {}
+    for item in resolved:
+        for key, dtype in item.entity.join_keys.items():
+            if key not in columns:
+                raise SpineError(f"the spine has no column {key!r}, the join key of entity {item.entity.name} "
+                                 f"needed by {item.ref}", hint=f"add {key!r} to the spine")
+            key_exprs[key] = f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) AS {q('__k_' + key)}"
+    bad = con.execute(f"SELECT count(*) FILTER (WHERE {q(timestamp_column)} IS NULL) FROM {spine_table}").fetchone()[0]
+    if bad:
+        raise SpineError(f"{bad} spine rows have a null {timestamp_column!r}", hint="drop or fill them")
+    for key in key_exprs:
+        dtype = next(i.entity.join_keys[key] for i in resolved if key in i.entity.join_keys)
+        wrong = con.execute(f"SELECT count(*) FROM {spine_table} WHERE {q(key)} IS NOT NULL AND "
+                            f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) IS NULL").fetchone()[0]
+        if wrong:
+            raise SpineError(f"{wrong} spine values of {key!r} are not {dtype}", hint=f"cast {key!r} to {dtype}")
+    extra = ", ".join(key_exprs.values())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE __spine AS SELECT *, {extra}{',' if extra else ''} "
+                f"epoch_us({q(timestamp_column)}) AS __t FROM {spine_table}")
+    return [c for c in columns if c != "__row"]
+
+
+def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
+                     mode: str, user_columns: list[str], *, step: Callable[[str, str], str] | None = None) -> str:
+    """The final SELECT: the spine's columns, then each feature, in spine order.
+
+    ``step(name, sql)`` may materialise each group (for progress and phase timing) and
+    return the relation name to use instead of the inline SQL.
+    """
+    if mode not in MODES:
+        raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
+    joins = []
+    outputs = []
+    for index, group in enumerate(plan_groups(resolved)):
+        sql = group_sql(defs, group, scan_of(group.view.source), mode)
+        relation = step(f"{group.view.name} v{group.view.version} ({len(group.features)} features)", sql) \
+            if step else f"({sql})"
+        alias = f"g{index}"
+        keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
+        on = " AND ".join([f"{alias}.{k} IS NOT DISTINCT FROM s.{k}" for k in keys] + [f"{alias}.__t = s.__t"])
+        joins.append(f"LEFT JOIN {relation} {alias} ON {on}")
+        outputs += [f"{alias}.{q(item.output_name)}" for item, _ in group.features]
+    order = {item.output_name: i for i, item in enumerate(resolved)}
+    outputs.sort(key=lambda c: order[c.split(".", 1)[1].strip('"')])
+    user = ", ".join(f"s.{q(c)}" for c in user_columns)
+    return f"SELECT {user}, {', '.join(outputs)} FROM __spine s {' '.join(joins)} ORDER BY s.__row"
+
+
+def group_count(resolved: list[ResolvedFeature]) -> int:
+    return len(plan_groups(resolved))
+
+
+__all__ = ["training_set_sql", "prepare_spine", "group_sql", "plan_groups", "SpineError", "MODES", "LATEST",
+           "group_count", "floor_sql", "defaultdict"]
