@@ -22,6 +22,9 @@ examples:
   parity apply                    record the definitions in the registry
   parity list --json              live entities, sources, views and services
   parity describe user_engagement features, windows, hops, tiles, retention, filters
+  parity land video_events events.jsonl
+  parity training-set --spine spine.parquet --service home_feed_ranking --out train.parquet
+  parity backfill --start 2026-01-01 --end 2026-01-31
 
 The project is the folder holding feature_store.yaml: the current one, or --config
 (or the PARITY_CONFIG environment variable)."""
@@ -130,6 +133,74 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace):
+    from parity.feature_store import FeatureStore
+
+    return FeatureStore(args.config)
+
+
+def _time(text: str) -> "datetime":
+    from datetime import datetime, timezone
+
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO time such as 2026-01-10 or 2026-01-10T10:00:00Z")
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    summary = _store(args).land(args.source, args.files, progress=not args.quiet)
+    if args.json:
+        _print_json({k: (str(v) if k.endswith("path") else v) for k, v in vars(summary).items()})
+        return 0
+    print(f"landed {summary.landed_rows} rows of {args.source} from {summary.files} file(s); "
+          f"{summary.skipped_files} already landed (skipped); {summary.rejected_rows} rejected")
+    for reason, count in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
+        print(f"  rejected {count}: {reason}")
+    if summary.rejected_rows:
+        print(f"  rejects with reasons: {summary.rejects_path}")
+    return 0
+
+
+def cmd_training_set(args: argparse.Namespace) -> int:
+    import time
+
+    from parity.batch.engine import Phases
+
+    phases = Phases()
+    started = time.perf_counter()
+    features = args.features.split(",") if args.features else None
+    out = _store(args).get_training_set(args.spine, service=args.service, features=features,
+                                        mode="as_served" if args.as_served else "event_time",
+                                        timestamp_column=args.timestamp_column, out=args.out,
+                                        progress=not args.quiet, phases=phases)
+    took = time.perf_counter() - started
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(out).metadata.num_rows
+    report = {"out": str(out), "rows": rows, "seconds": round(took, 3), "rows_per_second": round(rows / took),
+              "phases": {k: round(v, 3) for k, v in phases.seconds.items()}}
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"wrote {rows} rows to {out} in {took:.2f}s ({report['rows_per_second']} rows/s)")
+        for name, seconds in report["phases"].items():
+            print(f"  {seconds:8.3f}s  {name}")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    summary = _store(args).backfill(args.start, args.end, views=args.views, progress=not args.quiet)
+    if args.json:
+        _print_json({"start": summary.start.isoformat(), "end": summary.end.isoformat(), "views": summary.views,
+                     "files": summary.files, "tiles": summary.tiles, "seconds": summary.seconds})
+        return 0
+    print(f"backfilled {summary.tiles} tiles in {summary.files} files for {', '.join(summary.views)} "
+          f"over [{summary.start}, {summary.end})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="parity", description="Parity: define features once; serve them online and offline, equal.",
@@ -164,6 +235,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("view", metavar="VIEW[@N]", help="view name, optionally with a version (default: newest)")
     p.set_defaults(func=cmd_describe)
 
+    p = sub.add_parser("land", parents=[common], help="land Parquet, JSON-lines or CSV files into a source's "
+                       "offline log (validated; bad rows go to a rejects file with reasons; idempotent)")
+    p.add_argument("source", metavar="SOURCE", help="source name, e.g. video_events")
+    p.add_argument("files", metavar="FILE", nargs="+", help=".parquet, .jsonl/.ndjson/.json or .csv files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_land)
+
+    p = sub.add_parser("training-set", parents=[common], help="point-in-time training set: spine in, Parquet out",
+                       description="Compute every requested feature's value at each spine row's time and write "
+                       "Parquet. The spine holds the entities' join keys, a timestamp column and any labels.")
+    p.add_argument("--spine", required=True, help="spine file (.parquet, .csv, .jsonl)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--service", help="feature service name, e.g. home_feed_ranking")
+    group.add_argument("--features", help="comma-separated references, e.g. user_engagement:plays_1h,video_safety:*")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--as-served", action="store_true",
+                   help="count only events applied online by each row's time (default: event time)")
+    p.add_argument("--timestamp-column", default="ts", help="spine column holding each row's time (default ts)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_training_set)
+
+    p = sub.add_parser("backfill", parents=[common], help="compute tiles of every resolution from the offline log "
+                       "for [--start, --end), replacing what an earlier run wrote for those dates")
+    p.add_argument("--start", required=True, type=_time, help="UTC start, e.g. 2026-01-01")
+    p.add_argument("--end", required=True, type=_time, help="UTC end (exclusive), e.g. 2026-01-31T00:00:00Z")
+    p.add_argument("--views", nargs="+", metavar="VIEW", help="only these views (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_backfill)
+
     p = sub.add_parser("history", parents=[common], help="registry revisions, newest first")
     p.add_argument("--limit", type=int, default=20, help="how many revisions (default 20)")
     p.set_defaults(func=cmd_history)
@@ -183,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if os.environ.get("PARITY_DEBUG"):
+            raise
+        print(f"error: internal error {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        print("hint: this is a bug in Parity; rerun with PARITY_DEBUG=1 for the traceback and report it",
+              file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

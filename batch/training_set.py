@@ -175,13 +175,13 @@ def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine
                 raise SpineError(f"the spine has no column {key!r}, the join key of entity {item.entity.name} "
                                  f"needed by {item.ref}", hint=f"add {key!r} to the spine")
             key_exprs[key] = f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) AS {q('__k_' + key)}"
-    bad = con.execute(f"SELECT count(*) FILTER (WHERE {q(timestamp_column)} IS NULL) FROM {spine_table}").fetchone()[0]
+    bad = con.execute(f"SELECT count(*) FILTER (WHERE {q(timestamp_column)} IS NULL) FROM {spine_table}").fetchall()[0][0]
     if bad:
         raise SpineError(f"{bad} spine rows have a null {timestamp_column!r}", hint="drop or fill them")
     for key in key_exprs:
         dtype = next(i.entity.join_keys[key] for i in resolved if key in i.entity.join_keys)
         wrong = con.execute(f"SELECT count(*) FROM {spine_table} WHERE {q(key)} IS NOT NULL AND "
-                            f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) IS NULL").fetchone()[0]
+                            f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) IS NULL").fetchall()[0][0]
         if wrong:
             raise SpineError(f"{wrong} spine values of {key!r} are not {dtype}", hint=f"cast {key!r} to {dtype}")
     extra = ", ".join(key_exprs.values())

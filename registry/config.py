@@ -91,6 +91,7 @@ class ServingConfig(_Parity):
 
 
 class BatchConfig(_Parity):
+    tiles_path: str = "data/tiles"
     memory_limit: str | None = None
     threads: int | None = Field(default=None, ge=1)
     temp_directory: str | None = None

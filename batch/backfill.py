@@ -1,0 +1,164 @@
+"""Backfill: tiles of every resolution each view needs, from the offline log, as Parquet.
+
+Layout (the online store's bootstrap loads it)::
+
+    <tiles root>/<view>/v<version>/res=<resolution>/date=YYYY-MM-DD/tiles.parquet
+    <tiles root>/<view>/v<version>/_backfill.json      the ranges computed so far
+
+Columns: the entity's join keys, ``tile_start`` (timestamp, UTC), then the partials of
+each feature, ``<feature>__<part>`` as rendered by :mod:`parity.batch.aggregates`
+(``last`` order keys are structs ``{ts, p, o}`` with ``ts`` in microseconds). A tile
+holds the events with ``tile_start <= ts < tile_start + resolution`` and
+``start <= ts < end`` of the run.
+
+Work is done per UTC date: a run over ``[start, end)`` recomputes every date it touches
+from the log (events before ``end``) and replaces that date's file atomically, so
+re-running a range replaces it and nothing is counted twice. Latest-value features get
+1-day tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from parity.batch.aggregates import AGGREGATES, q
+from parity.batch.training_set import events_sql, floor_sql
+from parity.errors import ParityError
+from parity.registry.durations import DAY, floor_to, format_duration, from_micros, to_micros
+from parity.registry.expr import parse, render_sql
+from parity.registry.models import Definitions, FeatureView
+from parity.registry.semantics import view_resolutions
+
+
+@dataclass
+class BackfillSummary:
+    start: datetime
+    end: datetime
+    views: list[str]
+    files: int = 0
+    tiles: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def tile_resolutions(view: FeatureView) -> tuple[int, ...]:
+    """Resolutions a view's tiles are written at: its window hops, plus 1 day for latest values."""
+    found = set(view_resolutions(view))
+    if any(f.window is None for f in view.features):
+        found.add(DAY)
+    return tuple(sorted(found))
+
+
+def partial_columns(view: FeatureView) -> list[str]:
+    """``<aggregate SQL> AS "<feature>__<part>"`` for every feature of a view."""
+    columns = []
+    for feature in view.features:
+        column = q(feature.column) if feature.column else None
+        where = render_sql(parse(feature.where), "duckdb") if feature.where else "TRUE"
+        spec = AGGREGATES["last" if feature.window is None else feature.agg]
+        for suffix, sql in spec.partials(column, where, feature):
+            columns.append(f"{sql} AS {q(feature.name + '__' + suffix)}")
+    return columns
+
+
+def view_dir(root: Path, view: FeatureView) -> Path:
+    return root / view.name / f"v{view.version}"
+
+
+def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], start: datetime, end: datetime,
+             views: Sequence[str] | None = None, progress: bool = False) -> BackfillSummary:
+    """Compute and write tiles for ``[start, end)`` (UTC) for the named views (default: all)."""
+    start_us, end_us = to_micros(start), to_micros(end)
+    if end_us <= start_us:
+        raise ParityError(f"backfill range is empty: --start {start} is not before --end {end}")
+    chosen = [v for v in defs.feature_views if views is None or v.name in views]
+    missing = sorted(set(views or ()) - {v.name for v in chosen})
+    if missing:
+        raise ParityError(f"unknown view(s) {', '.join(missing)}",
+                          hint="live views: " + ", ".join(sorted({v.name for v in defs.feature_views})))
+    first_day, last_day = floor_to(start_us, DAY), floor_to(end_us - 1, DAY)
+    summary = BackfillSummary(start, end, [f"{v.name}@{v.version}" for v in chosen])
+    jobs = [(view, res) for view in chosen for res in tile_resolutions(view)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="backfill", unit="tile set")
+    for view, res in jobs:
+        began = time.perf_counter()
+        name = f"{view.name} v{view.version} @{format_duration(res)}"
+        if bar:
+            bar.set_postfix_str(name)
+        files, tiles = _backfill_resolution(con, defs, root, scan_of, view, res, first_day, last_day, end_us)
+        summary.files += files
+        summary.tiles += tiles
+        summary.seconds[name] = time.perf_counter() - began
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    for view in chosen:
+        _record_range(view_dir(root, view), start, end)
+    return summary
+
+
+def _backfill_resolution(con, defs, root, scan_of, view, res, first_day, last_day, end_us) -> tuple[int, int]:
+    entity = defs.entity(view.entity)
+    keys = ", ".join(f"{q('__k_' + k)} AS {q(k)}" for k in entity.join_keys)
+    target = view_dir(root, view) / f"res={format_duration(res)}"
+    staging = target.parent / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    sql = f"""
+        SELECT {keys}, make_timestamp(__tile) AS tile_start,
+               strftime(make_timestamp({floor_sql('__tile', DAY)}), '%Y-%m-%d') AS date,
+               {', '.join(partial_columns(view))}
+        FROM (SELECT *, {floor_sql('__ts', res)} AS __tile FROM ({events_sql(defs, view, scan_of(view.source))}))
+        WHERE __ts >= {first_day} AND __ts < {end_us}
+        GROUP BY ALL
+    """
+    try:
+        con.execute(f"COPY ({sql}) TO '{str(staging).replace(chr(39), chr(39) * 2)}' "
+                    f"(FORMAT parquet, PARTITION_BY (date), FILENAME_PATTERN 'tiles')")
+        files = tiles = 0
+        day = first_day
+        while day <= last_day:
+            label = from_micros(day).strftime("%Y-%m-%d")
+            new, old = staging / f"date={label}", target / f"date={label}"
+            _swap(new if new.exists() else None, old)
+            if old.exists():
+                files += 1
+                tiles += con.execute(
+                    f"SELECT count(*) FROM read_parquet('{str(old).replace(chr(39), chr(39) * 2)}/*.parquet')"
+                ).fetchall()[0][0]
+            day += DAY
+        return files, tiles
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap(new: Path | None, old: Path) -> None:
+    """Replace directory ``old`` with ``new`` (or remove it when ``new`` is None)."""
+    old.parent.mkdir(parents=True, exist_ok=True)
+    trash = old.parent / f".trash-{uuid.uuid4().hex}"
+    if old.exists():
+        os.replace(old, trash)
+    if new is not None:
+        os.replace(new, old)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _record_range(folder: Path, start: datetime, end: datetime) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "_backfill.json"
+    ranges = json.loads(path.read_text())["ranges"] if path.exists() else []
+    ranges.append({"start": start.isoformat(), "end": end.isoformat(), "computed_at": datetime.now(timezone.utc).isoformat()})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"ranges": ranges}, indent=2))
+    os.replace(tmp, path)
