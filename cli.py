@@ -139,7 +139,7 @@ def _store(args: argparse.Namespace):
     return FeatureStore(args.config)
 
 
-def _time(text: str) -> "datetime":
+def _time(text: str):
     from datetime import datetime, timezone
 
     try:

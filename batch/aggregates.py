@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from parity.registry.expr import parse, render_sql
 from parity.registry.models import Feature
 from parity.registry.semantics import empty_value, output_dtype
 from parity.registry.types import DUCKDB_TYPES, INTEGER_TYPES
@@ -91,3 +92,15 @@ def finish(agg: str, merged: str, column_dtype: str | None) -> str:
     literal = "0" if column_dtype is None or column_dtype in INTEGER_TYPES or agg == "count" else "0.0"
     return f"coalesce(({merged})::{sql_type}, {literal})"
 
+
+
+def spec_of(feature: Feature) -> AggSpec:
+    """The aggregation table entry of a feature (a latest value merges like ``last``)."""
+    return AGGREGATES["last" if feature.window is None else feature.agg]
+
+
+def feature_partials(feature: Feature, schema: dict[str, str]) -> list[tuple[str, str]]:
+    """(suffix, aggregate SQL over events) for each partial of one feature."""
+    column = q(feature.column) if feature.column else None
+    where = render_sql(parse(feature.where), "duckdb", schema) if feature.where else "TRUE"
+    return spec_of(feature).partials(column, where, feature)

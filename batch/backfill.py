@@ -29,12 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from parity.batch.aggregates import AGGREGATES, q
+from parity.batch.aggregates import feature_partials, q
 from parity.batch.training_set import events_sql, floor_sql
 from parity.errors import ParityError
 from parity.registry.durations import DAY, floor_to, format_duration, from_micros, to_micros
-from parity.registry.expr import parse, render_sql
 from parity.registry.models import Definitions, FeatureView
+from parity.registry.schema import view_schema
 from parity.registry.semantics import view_resolutions
 
 
@@ -56,16 +56,11 @@ def tile_resolutions(view: FeatureView) -> tuple[int, ...]:
     return tuple(sorted(found))
 
 
-def partial_columns(view: FeatureView) -> list[str]:
+def partial_columns(defs: Definitions, view: FeatureView) -> list[str]:
     """``<aggregate SQL> AS "<feature>__<part>"`` for every feature of a view."""
-    columns = []
-    for feature in view.features:
-        column = q(feature.column) if feature.column else None
-        where = render_sql(parse(feature.where), "duckdb") if feature.where else "TRUE"
-        spec = AGGREGATES["last" if feature.window is None else feature.agg]
-        for suffix, sql in spec.partials(column, where, feature):
-            columns.append(f"{sql} AS {q(feature.name + '__' + suffix)}")
-    return columns
+    schema = view_schema(defs, view)
+    return [f"{sql} AS {q(feature.name + '__' + suffix)}"
+            for feature in view.features for suffix, sql in feature_partials(feature, schema)]
 
 
 def view_dir(root: Path, view: FeatureView) -> Path:
@@ -118,7 +113,7 @@ def _backfill_resolution(con, defs, root, scan_of, view, res, first_day, last_da
     sql = f"""
         SELECT {keys}, make_timestamp(__tile) AS tile_start,
                strftime(make_timestamp({floor_sql('__tile', DAY)}), '%Y-%m-%d') AS date,
-               {', '.join(partial_columns(view))}
+               {', '.join(partial_columns(defs, view))}
         FROM (SELECT *, {floor_sql('__ts', res)} AS __tile FROM ({events_sql(defs, view, scan_of(view.source))}))
         WHERE __ts >= {first_day} AND __ts < {end_us}
         GROUP BY ALL

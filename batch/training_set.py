@@ -17,14 +17,13 @@ Window starts come from :mod:`parity.registry.semantics`; partials and merges fr
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from parity.batch.aggregates import AGGREGATES, ORDER_KEY, finish, q
+from parity.batch.aggregates import feature_partials, finish, q, spec_of
 from parity.errors import ParityError
 from parity.registry.durations import DAY, parse_duration
-from parity.registry.expr import parse, render_sql
+from parity.registry.expr import infer_type, parse, render_sql
 from parity.registry.models import Definitions, FeatureView
 from parity.registry.resolve import ResolvedFeature
 from parity.registry.schema import view_schema
@@ -32,7 +31,6 @@ from parity.registry.semantics import feature_window
 from parity.registry.types import DUCKDB_TYPES
 
 MODES = ("event_time", "as_served")
-LATEST = "latest"
 
 
 class SpineError(ParityError):
@@ -78,15 +76,11 @@ def events_sql(defs: Definitions, view: FeatureView, scan: str) -> str:
     else:
         meta = ("epoch_us(coalesce(_applied_at, _ingested_at)) AS __vis, _partition AS __p, _offset AS __o")
     sql = f"SELECT *, {keys}, epoch_us({ts}) AS __ts, {meta} FROM {scan} WHERE {ts} IS NOT NULL"
+    schema = dict(source.schema_)
     for name, text in view.derived.items():
-        sql = f"SELECT *, ({render_sql(parse(text), 'duckdb')}) AS {q(name)} FROM ({sql})"
+        sql = f"SELECT *, ({render_sql(parse(text), 'duckdb', schema)}) AS {q(name)} FROM ({sql})"
+        schema[name] = infer_type(parse(text), schema)
     return sql
-
-
-def _feature_sql(item: ResolvedFeature) -> tuple[str | None, str]:
-    column = q(item.feature.column) if item.feature.column else None
-    where = render_sql(parse(item.feature.where), "duckdb") if item.feature.where else "TRUE"
-    return column, where
 
 
 def group_sql(defs: Definitions, group: Group, scan: str, mode: str) -> str:
@@ -100,9 +94,8 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str) -> str:
     merges: list[str] = []
     lows: list[str] = []
     for index, (item, length) in enumerate(group.features):
-        column, where = _feature_sql(item)
-        spec = AGGREGATES["last" if item.feature.window is None else item.feature.agg]
-        for suffix, sql in spec.partials(column, where, item.feature):
+        spec = spec_of(item.feature)
+        for suffix, sql in feature_partials(item.feature, schema):
             partial_cols.append(f"{sql} AS __f{index}_{suffix}")
         if length is None:
             flt, low = "", None
@@ -220,5 +213,5 @@ def group_count(resolved: list[ResolvedFeature]) -> int:
     return len(plan_groups(resolved))
 
 
-__all__ = ["training_set_sql", "prepare_spine", "group_sql", "plan_groups", "SpineError", "MODES", "LATEST",
-           "group_count", "floor_sql", "defaultdict"]
+__all__ = ["training_set_sql", "prepare_spine", "group_sql", "plan_groups", "SpineError", "MODES",
+           "group_count", "floor_sql"]

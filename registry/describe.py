@@ -33,7 +33,7 @@ def describe_view(defs: Definitions, view: FeatureView) -> dict[str, Any]:
             "hop": None if window is None else _duration(window.hop),
             "ttl": None if feature.ttl is None else format_duration(parse_duration(feature.ttl)),
             "where": feature.where,
-            "where_duckdb": None if feature.where is None else render_sql(parse(feature.where), "duckdb"),
+            "where_duckdb": None if feature.where is None else render_sql(parse(feature.where), "duckdb", schema),
         })
     return {
         "name": view.name,
@@ -50,7 +50,7 @@ def describe_view(defs: Definitions, view: FeatureView) -> dict[str, Any]:
         "freshness_slo": view.freshness_slo,
         "tile_resolutions": [format_duration(r) for r in view_resolutions(view)],
         "retention": "forever" if keep is None else (format_duration(keep) if keep else None),
-        "derived": {name: {"expression": text, "duckdb": render_sql(parse(text), "duckdb")}
+        "derived": {name: {"expression": text, "duckdb": render_sql(parse(text), "duckdb", schema)}
                     for name, text in view.derived.items()},
         "features": features,
     }
