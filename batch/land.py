@@ -11,12 +11,14 @@ row by row, vectorised in SQL:
   an ISO-8601 string (a ``Z`` or an offset is converted to UTC; no offset means UTC), a
   TIMESTAMP (taken as UTC) or a TIMESTAMPTZ. It is stored as naive UTC microseconds;
 - each key column must be present and not null (``missing key user_id``);
+- as for streamed events, ``ts`` may be at most the source's ``max_future`` (default 5m)
+  ahead of ``_ingested_at`` (``ts more than 5m ahead of _ingested_at``);
 - a JSON record with none of the schema's fields (``{}``, not an object, or a line that is
   not valid JSON) is rejected as a whole, with its line text in ``_raw``.
 
-Columns of the file that are not in the schema are not landed (they appear in the rejects
-file). If the file has an ``_ingested_at`` column it is used (nulls fall back to ``now``),
-else every row gets ``now``. ``_applied_at``, ``_partition`` and ``_offset`` of the file,
+Columns of the file that are not in the schema are not landed (for CSV and Parquet, they
+appear in the rejects file). If the file has an ``_ingested_at`` column it is used (nulls
+fall back to ``now``), else every row gets ``now``. ``_applied_at``, ``_partition`` and ``_offset`` of the file,
 if any, are ignored: landed rows get ``_applied_at`` null, ``_partition`` -1 and
 ``_offset`` from the source's landing sequence.
 
@@ -57,10 +59,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from parity.batch.offline_log import LANDED_PARTITION, OfflineLog, sql_ident, sql_string
 from parity.errors import ParityError
+from parity.registry.durations import parse_duration
 from parity.registry.models import Definitions, Source
 from parity.registry.types import DUCKDB_TYPES, INTEGER_TYPES
 
@@ -162,6 +165,7 @@ def land_files(
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET preserve_insertion_order = true")  # row numbers and offsets follow file order
         for path in paths:
             _land_one(con, log, source, path, list(key_columns), now, progress, summary, reasons)
     finally:
@@ -199,8 +203,12 @@ def _land_one(con, log: OfflineLog, source: Source, path: Path, keys: list[str],
             bound = newlines + 1
         base = _reserve_offsets(log, source, landings, bound)
         landing = _FileLanding(con, log, source, path, fmt, keys, now, base, bound, batch_id)
-        written = log.write_batches(source, landing.good_batches(progress), batch_id=batch_id)
-        rejects = landing.finish_rejects()
+        try:
+            written = log.write_batches(source, landing.good_batches(progress), batch_id=batch_id)
+            rejects = landing.finish_rejects()
+        except BaseException:
+            landing.abort_rejects()
+            raise
         record = {
             "batch_id": batch_id,
             "source": source.name,
@@ -237,7 +245,7 @@ class _FileLanding:
         self.reasons: Counter[str] = Counter()
         self.rejects_final = log.rejects_dir(source) / f"{batch_id}.jsonl"
         self.rejects_tmp: Path | None = None
-        self._rejects_fh = None
+        self._rejects_fh: IO[str] | None = None
         self._lines: _LineCursor | None = None
         self.sql, self.extras = self._build_sql()
 
@@ -290,6 +298,14 @@ class _FileLanding:
             i = index[name]
             reason_parts.append(f"CASE WHEN __r{i} IS NULL THEN '{label} {name}' END")
             problem_parts.append(f"CASE WHEN __r{i} IS NULL THEN '{label} {name}' END")
+        # the streaming contract's rule: ts at most max_future ahead of _ingested_at
+        now = f"TIMESTAMP '{self.now.isoformat(sep=' ')}'"
+        ingested = f"coalesce(__v{index[_INGESTED]}, {now})" if _INGESTED in index else now
+        ts = f"__v{index[self.source.timestamp_field]}"
+        ahead = f"{ts} > {ingested} + to_microseconds({parse_duration(self.source.max_future)})"
+        label = f"ts more than {self.source.max_future} ahead of _ingested_at"
+        reason_parts.append(f"CASE WHEN {ahead} THEN '{label}' END")
+        problem_parts.append(f"CASE WHEN {ahead} THEN '{label}' END")
         raws_present = [f"__r{index[n]}" for n, _ in checked if n in have]
         inner += [f"{sql_ident(n)} AS __x{j}" for j, n in enumerate(extras)]
         reason = f"concat_ws('; ', {', '.join(reason_parts)})"
@@ -302,13 +318,11 @@ class _FileLanding:
         for i, (name, _) in enumerate(checked):
             level2.append(f"__v{i}, __ok{i}")
         level2 += [f"__r{i}" for i in range(len(checked))] + [f"__x{j}" for j in range(len(extras))]
-        now = f"TIMESTAMP '{self.now.isoformat(sep=' ')}'"
         outer = []
         for i, (name, _) in enumerate(checked):
             if name == _INGESTED:
                 continue
             outer.append(f"__v{i} AS {sql_ident(name)}")
-        ingested = f"coalesce(__v{index[_INGESTED]}, {now})" if _INGESTED in index else now
         outer.append(f"{ingested} AS _ingested_at")
         outer += ["_reason", "_problems"]
         for i, (name, _) in enumerate(checked):
@@ -380,7 +394,7 @@ class _FileLanding:
             except duckdb.Error as exc:
                 raise _read_error(self.path, self.fmt, exc) from None
         except BaseException:
-            self._abort_rejects()
+            self.abort_rejects()
             raise
         else:
             bar.total = self.read_rows
@@ -396,6 +410,7 @@ class _FileLanding:
         values = {name: bad.column(name).to_pylist() for name in bad.schema.names}
         file_name = str(self.path)
         out = self._rejects_fh
+        assert out is not None
         records: list[dict[str, Any]] = []
         no_field: dict[int, dict[str, Any]] = {}
         for k, position in enumerate(positions):
@@ -439,17 +454,19 @@ class _FileLanding:
         self._rejects_fh.flush()
         os.fsync(self._rejects_fh.fileno())
         self._rejects_fh.close()
+        self._rejects_fh = None
+        assert self.rejects_tmp is not None
         os.replace(self.rejects_tmp, self.rejects_final)
         return self.rejects_final
 
-    def _abort_rejects(self) -> None:
+    def abort_rejects(self) -> None:
         if self._lines is not None:
             self._lines.close()
         if self._rejects_fh is not None:
             self._rejects_fh.close()
             self._rejects_fh = None
-            if self.rejects_tmp is not None:
-                self.rejects_tmp.unlink(missing_ok=True)
+        if self.rejects_tmp is not None:
+            self.rejects_tmp.unlink(missing_ok=True)
 
 
 def _convert(col: str, src_type: str, dtype: str) -> tuple[str, str]:
@@ -534,7 +551,7 @@ def _parquet_rows(con, path: Path) -> int:
     import duckdb
 
     try:
-        (rows,) = con.execute(f"SELECT count(*) FROM read_parquet({sql_string(path)})").fetchone()
+        [(rows,)] = con.execute(f"SELECT count(*) FROM read_parquet({sql_string(path)})").fetchall()
     except duckdb.Error as exc:
         raise _read_error(path, "parquet", exc) from None
     return int(rows)
@@ -610,9 +627,9 @@ def _recover_next_offset(log: OfflineLog, source: Source) -> int:
     import duckdb
 
     with duckdb.connect() as con:
-        (top,) = con.execute(
+        [(top,)] = con.execute(
             f"SELECT max(_offset) FROM {log.scan_sql(source)} WHERE _partition = {LANDED_PARTITION}"
-        ).fetchone()
+        ).fetchall()
     return 0 if top is None else int(top) + 1
 
 
