@@ -32,11 +32,13 @@ class AggSpec:
     """How one aggregation is computed from tiles.
 
     ``partials(col, where, f)`` -> list of (suffix, aggregate SQL over events);
+    ``combine(p, f)`` -> the same partials, aggregated over partial rows (coarser tiles);
     ``merge(p, f, flt)`` -> SQL over partial rows, where ``p(suffix)`` names a partial column
     and ``flt`` is the ``FILTER (WHERE ...)`` clause selecting the window's partials.
     """
 
     partials: Callable[[str | None, str, Feature], list[tuple[str, str]]]
+    combine: Callable[[Callable[[str], str], Feature], list[tuple[str, str]]]
     merge: Callable[[Callable[[str], str], Feature, str], str]
 
 
@@ -47,32 +49,40 @@ def _nonnull(col: str | None, where: str) -> str:
 AGGREGATES: dict[str, AggSpec] = {
     "count": AggSpec(
         lambda col, w, f: [("c", f"count({col or '*'}) FILTER (WHERE {w})")],
+        lambda p, f: [("c", f"sum({p('c')})::BIGINT")],
         lambda p, f, flt: f"coalesce(sum({p('c')}) {flt}, 0)::BIGINT",
     ),
     "sum": AggSpec(
         lambda col, w, f: [("s", f"sum({col}) FILTER (WHERE {w})")],
+        lambda p, f: [("s", f"sum({p('s')})")],
         lambda p, f, flt: f"sum({p('s')}) {flt}",
     ),
     "mean": AggSpec(
         lambda col, w, f: [("s", f"sum({col}::DOUBLE) FILTER (WHERE {w})"), ("c", f"count({col}) FILTER (WHERE {w})")],
+        lambda p, f: [("s", f"sum({p('s')})"), ("c", f"sum({p('c')})::BIGINT")],
         lambda p, f, flt: f"(sum({p('s')}) {flt}) / nullif(sum({p('c')}) {flt}, 0)",
     ),
     "min": AggSpec(
         lambda col, w, f: [("m", f"min({col}) FILTER (WHERE {w})")],
+        lambda p, f: [("m", f"min({p('m')})")],
         lambda p, f, flt: f"min({p('m')}) {flt}",
     ),
     "max": AggSpec(
         lambda col, w, f: [("m", f"max({col}) FILTER (WHERE {w})")],
+        lambda p, f: [("m", f"max({p('m')})")],
         lambda p, f, flt: f"max({p('m')}) {flt}",
     ),
     "last": AggSpec(
         lambda col, w, f: [("k", f"max({ORDER_KEY}) FILTER (WHERE {_nonnull(col, w)})"),
                            ("v", f"arg_max({col}, {ORDER_KEY}) FILTER (WHERE {_nonnull(col, w)})")],
+        lambda p, f: [("k", f"max({p('k')})"), ("v", f"arg_max({p('v')}, {p('k')})")],
         lambda p, f, flt: f"arg_max({p('v')}, {p('k')}) {flt}",
     ),
     "last_k": AggSpec(
         lambda col, w, f: [("l", f"arg_max({{'k': {ORDER_KEY}, 'v': {col}}}, {ORDER_KEY}, {f.k}) "
                                  f"FILTER (WHERE {_nonnull(col, w)})")],
+        lambda p, f: [("l", f"list_slice(list_sort(flatten(list({p('l')}) FILTER (WHERE {p('l')} IS NOT NULL)), "
+                            f"'DESC'), 1, {f.k})")],
         lambda p, f, flt: (f"list_transform(list_slice(list_sort(flatten(list({p('l')}) {flt}), 'DESC'), 1, {f.k}), "
                            f"lambda x: x.v)"),
     ),

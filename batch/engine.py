@@ -87,11 +87,13 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         bar.update(1)
     counter = iter(range(10_000))
 
-    def step(name: str, sql: str) -> str:
+    def step(name: str, setup: list[str], sql: str) -> str:
         began = time.perf_counter()
         relation = f"__group{next(counter)}"
         if bar:
             bar.set_postfix_str(name)
+        for statement in setup:
+            con.execute(statement)
         con.execute(f"CREATE OR REPLACE TEMP TABLE {relation} AS {sql}")
         phases.record(f"features: {name}", began)
         if bar:

@@ -37,9 +37,9 @@ class SpineError(ParityError):
     """The spine lacks a column, or a column has the wrong type."""
 
 
-def floor_sql(expr: str, step: int) -> str:
+def floor_sql(expr: str, step: int | str) -> str:
     """``floor(expr, step)`` on integer microseconds, correct for negative values too."""
-    return f"({expr} - (({expr} % {step}) + {step}) % {step})"
+    return f"(({expr}) - ((({expr}) % ({step})) + ({step})) % ({step}))"
 
 
 @dataclass
@@ -83,68 +83,109 @@ def events_sql(defs: Definitions, view: FeatureView, scan: str) -> str:
     return sql
 
 
-def group_sql(defs: Definitions, group: Group, scan: str, mode: str) -> str:
-    """One row per distinct (entity keys, t) of the spine with this group's feature values."""
+# Lifetime windows and latest values start at LIFETIME_START; with LIFETIME_LEVELS dyadic
+# levels of day tiles, any range up to 2**(LIFETIME_LEVELS + 1) days has a cover.
+LIFETIME_LEVELS = 17
+LIFETIME_START = -(2 ** 16) * DAY
+
+
+def levels_for(length: int | None, h: int) -> int:
+    """Dyadic levels needed so that every range of complete tiles of a window has a cover."""
+    if length is None:
+        return LIFETIME_LEVELS
+    return ((length + h) // h).bit_length() - 1
+
+
+def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str) -> tuple[list[str], str]:
+    """Statements that build the group's tile pyramid, and the SELECT of its values.
+
+    The SELECT has one row per distinct (entity keys, t) of the spine. Complete tiles of a
+    window ``[S, floor(t, h))`` are read as its maximal dyadic blocks (tiles of ``h * 2**L``
+    aligned to their size): at most two per level, joined by equality, so heavy entities
+    cost no more than light ones.
+    """
     entity = defs.entity(group.view.entity)
     keys = [q("__k_" + k) for k in entity.join_keys]
     key_list = ", ".join(keys)
     h = group.tile
     schema = view_schema(defs, group.view)
-    partial_cols: list[str] = []
+    windows = sorted({length for _, length in group.features}, key=lambda w: (w is None, w or 0))
+    window_id = {w: i for i, w in enumerate(windows)}
+    partials: list[str] = []
+    combines: list[str] = []
+    names: list[str] = []
     merges: list[str] = []
-    lows: list[str] = []
     for index, (item, length) in enumerate(group.features):
         spec = spec_of(item.feature)
+        column = (lambda suffix, i=index: f"__f{i}_{suffix}")
         for suffix, sql in feature_partials(item.feature, schema):
-            partial_cols.append(f"{sql} AS __f{index}_{suffix}")
-        if length is None:
-            flt, low = "", None
-        else:
-            low = floor_sql(f"__t - {length}", h)
-            flt = f"FILTER (WHERE __start >= {low})"
-            lows.append(low)
-        merged = spec.merge(lambda s, i=index: f"__f{i}_{s}", item.feature, flt)
+            partials.append(f"{sql} AS {column(suffix)}")
+            names.append(column(suffix))
+        combines += [f"{sql} AS {column(suffix)}" for suffix, sql in spec.combine(column, item.feature)]
+        start = LIFETIME_START if length is None else floor_sql(f"__t - {length}", h)
+        flt = f"FILTER (WHERE (__w = {window_id[length]} OR __w IS NULL) AND __start >= {start})"
+        merged = spec.merge(column, item.feature, flt)
         column_dtype = schema.get(item.feature.column) if item.feature.column else None
         if item.feature.window is None:  # latest value: the last event before t, if younger than ttl
             ttl = parse_duration(item.feature.ttl)
-            merged = (f"CASE WHEN (max(__f{index}_k)).ts >= __t - {ttl} THEN {merged} END")
+            merged = f"CASE WHEN (max(__f{index}_k) {flt}).ts >= __t - {ttl} THEN {merged} END"
             merges.append(f"({merged})::{DUCKDB_TYPES[column_dtype]} AS {q(item.output_name)}")
         else:
             merges.append(f"{finish(item.feature.agg, merged, column_dtype)} AS {q(item.output_name)}")
-    low_all = f"least({', '.join(lows)})" if lows and len(lows) == len(group.features) else None
-    in_range = f" AND t.__tile >= {low_all.replace('__t', 'p.__t')}" if low_all else ""
+
+    ev, tiles, points = f"{prefix}_ev", f"{prefix}_tiles", f"{prefix}_points"
     prompt = "TRUE" if mode == "event_time" else f"__vis < __tile + {h}"
-    visible = "TRUE" if mode == "event_time" else "e.__vis <= p.__t"
-    late_range = f" AND e.__ts >= {low_all.replace('__t', 'p.__t')}" if low_all else ""
-    partial_list = ", ".join(partial_cols)
+    setup = [
+        f"CREATE OR REPLACE TEMP TABLE {ev} AS SELECT *, {floor_sql('__ts', h)} AS __tile "
+        f"FROM ({events_sql(defs, group.view, scan)})",
+        f"CREATE OR REPLACE TEMP TABLE {points} AS SELECT DISTINCT {key_list}, __t FROM __spine",
+        f"CREATE OR REPLACE TEMP TABLE {tiles} AS SELECT {key_list}, __tile AS __start, 0 AS __lvl, "
+        f"{', '.join(partials)} FROM {ev} WHERE {prompt} GROUP BY ALL",
+    ]
+    top = max(levels_for(w, h) for w in windows)
+    for level in range(1, top + 1):
+        size = h << level
+        setup.append(f"INSERT INTO {tiles} SELECT {key_list}, {floor_sql('__start', size)}, {level}, "
+                     f"{', '.join(combines)} FROM {tiles} WHERE __lvl = {level - 1} GROUP BY ALL")
+
+    end = floor_sql("p.__t", h)
     pick = ", ".join(f"p.{k}" for k in keys)
-    partial_names = ", ".join(c.rsplit(" AS ", 1)[1] for c in partial_cols)
-    return f"""
-WITH ev AS (
-  SELECT *, {floor_sql('__ts', h)} AS __tile FROM ({events_sql(defs, group.view, scan)})
-),
-points AS (SELECT DISTINCT {key_list}, __t FROM __spine),
-tiles AS (
-  SELECT {key_list}, __tile, {partial_list} FROM ev WHERE {prompt} GROUP BY ALL
-),
-parts AS (
-  SELECT {pick}, p.__t, t.__tile AS __start, {', '.join('t.' + n for n in partial_names.split(', '))}
-  FROM points p JOIN tiles t USING ({key_list})
-  WHERE t.__tile < {floor_sql('p.__t', h)}{in_range}
-  UNION ALL
-  SELECT {pick}, p.__t, e.__ts AS __start, {partial_list}
-  FROM points p JOIN ev e USING ({key_list})
-  WHERE e.__tile = {floor_sql('p.__t', h)} AND e.__ts < p.__t AND {visible}
-  GROUP BY ALL
-  {"" if mode == "event_time" else f'''UNION ALL
-  SELECT {pick}, p.__t, e.__ts AS __start, {partial_list}
-  FROM points p JOIN ev e USING ({key_list})
-  WHERE NOT (e.__vis < e.__tile + {h}) AND e.__tile < {floor_sql('p.__t', h)}{late_range} AND {visible}
-  GROUP BY ALL'''}
-)
-SELECT {key_list}, __t, {', '.join(merges)} FROM points LEFT JOIN parts USING ({key_list}, __t)
-GROUP BY {key_list}, __t
-"""
+    parts = []
+    for w in windows:
+        start = str(LIFETIME_START) if w is None else floor_sql(f"p.__t - {w}", h)
+        parent = floor_sql("a", "2 * size")
+        covers = (f"SELECT * FROM (SELECT {pick}, p.__t, l.lvl, l.size, s.side, {start} AS lo, {end} AS hi, "
+                  f"CASE WHEN s.side = 0 THEN -{floor_sql(f'-({start})', 'l.size')} "
+                  f"ELSE {floor_sql(end, 'l.size')} - l.size END AS a "
+                  f"FROM {points} p CROSS JOIN (SELECT range AS lvl, {h} * (1::BIGINT << range) AS size "
+                  f"FROM range(0, {levels_for(w, h) + 1})) l CROSS JOIN (VALUES (0), (1)) s(side)) "
+                  f"WHERE a >= lo AND a + size <= hi AND NOT ({parent} >= lo AND {parent} + 2 * size <= hi) "
+                  f"AND NOT (side = 1 AND a = -{floor_sql('-lo', 'size')})")
+        parts.append(f"SELECT {', '.join('c.' + k for k in keys)}, c.__t, {window_id[w]} AS __w, t.__start, "
+                     f"{', '.join('t.' + n for n in names)} FROM ({covers}) c JOIN {tiles} t ON "
+                     + " AND ".join([f"t.{k} = c.{k}" for k in keys] + ["t.__lvl = c.lvl", "t.__start = c.a"]))
+    visible = "TRUE" if mode == "event_time" else "e.__vis <= p.__t"
+    on_keys = " AND ".join(f"e.{k} = p.{k}" for k in keys)
+    # The open tile [floor(t, h), t): running partials per (entity, tile) ordered by the
+    # instant __g from which an event counts (ts < t, and visible in as-served mode), read
+    # with an ASOF join at t. Peers (equal __g) share one running value.
+    head = f"{prefix}_head"
+    counts_from = "__ts + 1" if mode == "event_time" else "greatest(__ts + 1, __vis)"
+    setup.append(f"CREATE OR REPLACE TEMP TABLE {head} AS SELECT {key_list}, __tile, __g, "
+                 + ", ".join(f"{sql.rsplit(' AS ', 1)[0]} OVER __win AS {name}" for sql, name in zip(partials, names))
+                 + f" FROM (SELECT *, {counts_from} AS __g FROM {ev}) "
+                 f"WINDOW __win AS (PARTITION BY {key_list}, __tile ORDER BY __g)")
+    parts.append(f"SELECT {pick}, p.__t, NULL AS __w, p.__b AS __start, {', '.join('e.' + n for n in names)} "
+                 f"FROM (SELECT *, {floor_sql('__t', h)} AS __b FROM {points}) p ASOF JOIN {head} e "
+                 f"ON {on_keys} AND e.__tile = p.__b AND p.__t >= e.__g")
+    if mode == "as_served":
+        parts.append(f"SELECT {pick}, p.__t, NULL AS __w, e.__ts AS __start, {', '.join(partials)} "
+                     f"FROM {points} p JOIN {ev} e ON {on_keys} "
+                     f"WHERE NOT (e.__vis < e.__tile + {h}) AND e.__tile < {end} AND {visible} GROUP BY ALL")
+    union = "\n  UNION ALL\n  ".join(parts)
+    final = (f"WITH parts AS (\n  {union}\n)\nSELECT {key_list}, __t, {', '.join(merges)} FROM {points} "
+             f"LEFT JOIN parts USING ({key_list}, __t) GROUP BY {key_list}, __t")
+    return setup, final
 
 
 def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine_table: str,
@@ -184,20 +225,19 @@ def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine
 
 
 def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
-                     mode: str, user_columns: list[str], *, step: Callable[[str, str], str] | None = None) -> str:
+                     mode: str, user_columns: list[str], *, step: Callable[[str, list[str], str], str]) -> str:
     """The final SELECT: the spine's columns, then each feature, in spine order.
 
-    ``step(name, sql)`` may materialise each group (for progress and phase timing) and
-    return the relation name to use instead of the inline SQL.
+    ``step(name, setup, sql)`` runs a group's setup statements, materialises its SELECT and
+    returns the relation's name (the engine times each step and shows progress).
     """
     if mode not in MODES:
         raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
     joins = []
     outputs = []
     for index, group in enumerate(plan_groups(resolved)):
-        sql = group_sql(defs, group, scan_of(group.view.source), mode)
-        relation = step(f"{group.view.name} v{group.view.version} ({len(group.features)} features)", sql) \
-            if step else f"({sql})"
+        setup, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}")
+        relation = step(f"{group.view.name} v{group.view.version} ({len(group.features)} features)", setup, sql)
         alias = f"g{index}"
         keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
         on = " AND ".join([f"{alias}.{k} IS NOT DISTINCT FROM s.{k}" for k in keys] + [f"{alias}.__t = s.__t"])
