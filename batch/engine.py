@@ -67,6 +67,38 @@ def register_spine(con, spine: Any) -> str:
     return "__spine_arrow"
 
 
+POINTS_PER_CHUNK = 4_000_000
+STATE_BYTES = 4096  # a generous bound on one point's merge state per feature (last_k lists included)
+
+
+def merge_chunks(con, resolved: list[ResolvedFeature], spine_table: str) -> int:
+    """How many chunks of points the final merge uses: enough to fit DuckDB's memory limit."""
+    rows = con.execute(f"SELECT count(*) FROM {spine_table}").fetchall()[0][0]
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    budget = _bytes(limit) // 4  # leave room for the joins feeding the merge
+    per_chunk = max(1_000, min(POINTS_PER_CHUNK, budget // (STATE_BYTES * max(1, len(resolved)))))
+    return max(1, -(-rows // per_chunk))
+
+
+def _bytes(text: str) -> int:
+    number, _, unit = text.strip().partition(" ")
+    scale = {"bytes": 1, "kib": 2**10, "kb": 10**3, "mib": 2**20, "mb": 10**6, "gib": 2**30, "gb": 10**9,
+             "tib": 2**40, "tb": 10**12}.get(unit.lower(), 1)
+    return int(float(number) * scale)
+
+
+def _execute(con, statement: str, phase: str) -> None:
+    """Run one statement; DuckDB's out-of-memory becomes a typed error naming the phase."""
+    import duckdb
+
+    try:
+        con.execute(statement)
+    except duckdb.OutOfMemoryException as exc:
+        raise ParityError(f"out of memory computing {phase}: {str(exc).splitlines()[0]}",
+                          hint="raise batch.memory_limit, lower batch.threads or set batch.temp_directory "
+                               "in feature_store.yaml") from exc
+
+
 def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], spine: Any,
                      scan_of: Callable[[str], str], *, mode: str = "event_time", timestamp_column: str = "ts",
                      out: str | Path | None = None, progress: bool = False, phases: Phases | None = None):
@@ -87,20 +119,22 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         bar.update(1)
     counter = iter(range(10_000))
 
-    def step(name: str, setup: list[str], sql: str) -> str:
+    def step(name: str, setup: list[str], selects: list[str]) -> str:
         began = time.perf_counter()
         relation = f"__group{next(counter)}"
         if bar:
             bar.set_postfix_str(name)
-        for statement in setup:
-            con.execute(statement)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {relation} AS {sql}")
+        fill = [f"CREATE OR REPLACE TEMP TABLE {relation} AS {selects[0]}"]
+        fill += [f"INSERT INTO {relation} {select}" for select in selects[1:]]
+        for statement in [*setup, *fill]:
+            _execute(con, statement, name)
         phases.record(f"features: {name}", began)
         if bar:
             bar.update(1)
         return relation
 
-    sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step)
+    sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step,
+                           chunks=merge_chunks(con, resolved, table))
     began = time.perf_counter()
     if bar:
         bar.set_postfix_str("assemble")

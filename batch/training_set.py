@@ -96,7 +96,8 @@ def levels_for(length: int | None, h: int) -> int:
     return ((length + h) // h).bit_length() - 1
 
 
-def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str) -> tuple[list[str], str]:
+def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str,
+              chunks: int = 1) -> tuple[list[str], list[str]]:
     """Statements that build the group's tile pyramid, and the SELECT of its values.
 
     The SELECT has one row per distinct (entity keys, t) of the spine. Complete tiles of a
@@ -138,7 +139,8 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
     setup = [
         f"CREATE OR REPLACE TEMP TABLE {ev} AS SELECT *, {floor_sql('__ts', h)} AS __tile "
         f"FROM ({events_sql(defs, group.view, scan)})",
-        f"CREATE OR REPLACE TEMP TABLE {points} AS SELECT DISTINCT {key_list}, __t FROM __spine",
+        f"CREATE OR REPLACE TEMP TABLE {points} AS SELECT *, hash({key_list}, __t) % {chunks} AS __chunk "
+        f"FROM (SELECT DISTINCT {key_list}, __t FROM __spine)",
         f"CREATE OR REPLACE TEMP TABLE {tiles} AS SELECT {key_list}, __tile AS __start, 0 AS __lvl, "
         f"{', '.join(partials)} FROM {ev} WHERE {prompt} GROUP BY ALL",
     ]
@@ -150,42 +152,62 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
 
     end = floor_sql("p.__t", h)
     pick = ", ".join(f"p.{k}" for k in keys)
+    on_keys = " AND ".join(f"e.{k} = p.{k}" for k in keys)
+    # every partial as a running aggregate over the window __win of the statement using it
+    running = ", ".join(f"{sql.rsplit(' AS ', 1)[0]} OVER __win AS {name}" for sql, name in zip(partials, names))
+    late = f"{prefix}_late"
+    if mode == "as_served":
+        # Events not yet visible when their tile closed ("late"): for every pyramid block
+        # holding them, running partials in order of visibility, read at t with an ASOF
+        # join on each cover block. Streamed data has few; batch-landed data has all.
+        setup.append(
+            f"CREATE OR REPLACE TEMP TABLE {late} AS SELECT {key_list}, __lvl, __start, __vis AS __g, "
+            + running
+            + f" FROM (SELECT *, l.range AS __lvl, {floor_sql('__tile', f'({h} * (1::BIGINT << l.range))')} AS __start "
+            f"FROM {ev} CROSS JOIN range(0, {top + 1}) l WHERE NOT ({prompt})) "
+            f"WINDOW __win AS (PARTITION BY {key_list}, __lvl, __start ORDER BY __vis)")
     parts = []
     for w in windows:
         start = str(LIFETIME_START) if w is None else floor_sql(f"p.__t - {w}", h)
         parent = floor_sql("a", "2 * size")
-        covers = (f"SELECT * FROM (SELECT {pick}, p.__t, l.lvl, l.size, s.side, {start} AS lo, {end} AS hi, "
-                  f"CASE WHEN s.side = 0 THEN -{floor_sql(f'-({start})', 'l.size')} "
-                  f"ELSE {floor_sql(end, 'l.size')} - l.size END AS a "
-                  f"FROM {points} p CROSS JOIN (SELECT range AS lvl, {h} * (1::BIGINT << range) AS size "
-                  f"FROM range(0, {levels_for(w, h) + 1})) l CROSS JOIN (VALUES (0), (1)) s(side)) "
-                  f"WHERE a >= lo AND a + size <= hi AND NOT ({parent} >= lo AND {parent} + 2 * size <= hi) "
-                  f"AND NOT (side = 1 AND a = -{floor_sql('-lo', 'size')})")
+        covers = f"{prefix}_cover{window_id[w]}"
+        # The maximal dyadic blocks inside [start, floor(t, h)): at most one per side per level.
+        setup.append(
+            f"CREATE OR REPLACE TEMP TABLE {covers} AS SELECT * FROM (SELECT {pick}, p.__t, l.lvl, l.size, s.side, "
+            f"{start} AS lo, {end} AS hi, CASE WHEN s.side = 0 THEN -{floor_sql(f'-({start})', 'l.size')} "
+            f"ELSE {floor_sql(end, 'l.size')} - l.size END AS a "
+            f"FROM {points} p CROSS JOIN (SELECT range AS lvl, {h} * (1::BIGINT << range) AS size "
+            f"FROM range(0, {levels_for(w, h) + 1})) l CROSS JOIN (VALUES (0), (1)) s(side)) "
+            f"WHERE a >= lo AND a + size <= hi AND NOT ({parent} >= lo AND {parent} + 2 * size <= hi) "
+            f"AND NOT (side = 1 AND a = -{floor_sql('-lo', 'size')})")
         parts.append(f"SELECT {', '.join('c.' + k for k in keys)}, c.__t, {window_id[w]} AS __w, t.__start, "
-                     f"{', '.join('t.' + n for n in names)} FROM ({covers}) c JOIN {tiles} t ON "
+                     f"{', '.join('t.' + n for n in names)} FROM {covers} c JOIN {tiles} t ON "
                      + " AND ".join([f"t.{k} = c.{k}" for k in keys] + ["t.__lvl = c.lvl", "t.__start = c.a"]))
-    visible = "TRUE" if mode == "event_time" else "e.__vis <= p.__t"
-    on_keys = " AND ".join(f"e.{k} = p.{k}" for k in keys)
+        if mode == "as_served":
+            parts.append(f"SELECT {', '.join('p.' + k for k in keys)}, p.__t, {window_id[w]} AS __w, p.a AS __start, "
+                         f"{', '.join('e.' + n for n in names)} FROM {covers} p ASOF JOIN {late} e ON {on_keys} "
+                         f"AND e.__lvl = p.lvl AND e.__start = p.a AND p.__t >= e.__g")
     # The open tile [floor(t, h), t): running partials per (entity, tile) ordered by the
     # instant __g from which an event counts (ts < t, and visible in as-served mode), read
     # with an ASOF join at t. Peers (equal __g) share one running value.
     head = f"{prefix}_head"
     counts_from = "__ts + 1" if mode == "event_time" else "greatest(__ts + 1, __vis)"
-    setup.append(f"CREATE OR REPLACE TEMP TABLE {head} AS SELECT {key_list}, __tile, __g, "
-                 + ", ".join(f"{sql.rsplit(' AS ', 1)[0]} OVER __win AS {name}" for sql, name in zip(partials, names))
+    setup.append(f"CREATE OR REPLACE TEMP TABLE {head} AS SELECT {key_list}, __tile, __g, " + running
                  + f" FROM (SELECT *, {counts_from} AS __g FROM {ev}) "
                  f"WINDOW __win AS (PARTITION BY {key_list}, __tile ORDER BY __g)")
     parts.append(f"SELECT {pick}, p.__t, NULL AS __w, p.__b AS __start, {', '.join('e.' + n for n in names)} "
                  f"FROM (SELECT *, {floor_sql('__t', h)} AS __b FROM {points}) p ASOF JOIN {head} e "
                  f"ON {on_keys} AND e.__tile = p.__b AND p.__t >= e.__g")
-    if mode == "as_served":
-        parts.append(f"SELECT {pick}, p.__t, NULL AS __w, e.__ts AS __start, {', '.join(partials)} "
-                     f"FROM {points} p JOIN {ev} e ON {on_keys} "
-                     f"WHERE NOT (e.__vis < e.__tile + {h}) AND e.__tile < {end} AND {visible} GROUP BY ALL")
+    # Merge per chunk of points: the merge's states (lists for last_k) cannot spill, so a
+    # memory limit is honoured by merging a bounded number of points at a time.
     union = "\n  UNION ALL\n  ".join(parts)
-    final = (f"WITH parts AS (\n  {union}\n)\nSELECT {key_list}, __t, {', '.join(merges)} FROM {points} "
-             f"LEFT JOIN parts USING ({key_list}, __t) GROUP BY {key_list}, __t")
-    return setup, final
+    setup.append(f"CREATE OR REPLACE TEMP TABLE {prefix}_parts AS SELECT *, hash({key_list}, __t) % {chunks} "
+                 f"AS __chunk FROM (\n  {union}\n) ORDER BY __chunk")
+    merge = ", ".join(merges)
+    selects = [f"SELECT {key_list}, __t, {merge} FROM (SELECT * FROM {points} WHERE __chunk = {chunk}) "
+               f"LEFT JOIN (SELECT * FROM {prefix}_parts WHERE __chunk = {chunk}) USING ({key_list}, __t, __chunk) "
+               f"GROUP BY {key_list}, __t" for chunk in range(chunks)]
+    return setup, selects
 
 
 def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine_table: str,
@@ -225,7 +247,8 @@ def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine
 
 
 def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
-                     mode: str, user_columns: list[str], *, step: Callable[[str, list[str], str], str]) -> str:
+                     mode: str, user_columns: list[str], *, step: Callable[[str, list[str], list[str]], str],
+                     chunks: int = 1) -> str:
     """The final SELECT: the spine's columns, then each feature, in spine order.
 
     ``step(name, setup, sql)`` runs a group's setup statements, materialises its SELECT and
@@ -236,7 +259,7 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
     joins = []
     outputs = []
     for index, group in enumerate(plan_groups(resolved)):
-        setup, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}")
+        setup, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}", chunks)
         relation = step(f"{group.view.name} v{group.view.version} ({len(group.features)} features)", setup, sql)
         alias = f"g{index}"
         keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]

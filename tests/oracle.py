@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 from parity.registry.expr import compile_python, parse
 
@@ -47,10 +48,16 @@ def floor_time(value: datetime, step: timedelta) -> datetime:
     return EPOCH + timedelta(microseconds=(micros // step_us) * step_us)
 
 
+@lru_cache(maxsize=None)
+def evaluator(text: str):
+    """The Python evaluator of an expression (cached: parsing is not what is under test)."""
+    return compile_python(parse(text))
+
+
 def derived_row(event: dict, derived: dict[str, str]) -> dict:
     row = dict(event)
     for name, text in derived.items():
-        row[name] = compile_python(parse(text))(row)
+        row[name] = evaluator(text)(row)
     return row
 
 
@@ -64,7 +71,7 @@ def feature_value(view, feature, events: list[dict], key: dict, t: datetime, mod
         if mode == "as_served" and naive(event["_visible"]) > t:
             continue
         row = derived_row(event, view.derived)
-        if feature.where is not None and compile_python(parse(feature.where))(row) is not True:
+        if feature.where is not None and evaluator(feature.where)(row) is not True:
             continue
         rows.append(row)
 
