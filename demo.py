@@ -1,29 +1,68 @@
 """The main job on embedded defaults (``make demo``).
 
-For now it plans and applies the example definitions of the short-video app and shows
-what the registry holds. Later stages (batch, online serving, streaming) extend it.
+It applies the example definitions of the short-video app, generates a week of synthetic
+events into the offline log, computes a point-in-time training set for the
+``home_feed_ranking`` service in both modes, and backfills the tiles the online store
+will load. Later stages (online serving, streaming) extend it.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from datetime import datetime
+from pathlib import Path
 
 from parity.cli import main as cli
 
+ROOT = Path(__file__).resolve().parent
+SCALE = 300_000
+DAYS = 7
+START = "2026-01-01"
+
+
+def _run(title: str, argv: list[str]) -> None:
+    print(f"\n== {title}: parity {' '.join(argv)}", flush=True)
+    code = cli(argv)
+    if code:
+        raise SystemExit(code)
+
 
 def run(config: str = "feature_store.yaml") -> int:
-    steps = [
-        ("Plan the example definitions against the registry", ["plan", "--config", config]),
-        ("Apply them (atomic, with content hashes and history)", ["apply", "--config", config]),
-        ("What the registry holds", ["list", "--config", config]),
-        ("One view in detail", ["describe", "user_engagement", "--config", config]),
-        ("The safety view", ["describe", "video_safety", "--config", config]),
-    ]
-    for title, argv in steps:
-        print(f"\n== {title}: parity {' '.join(argv)}")
-        code = cli(argv)
-        if code:
-            return code
+    from parity.feature_store import FeatureStore
+
+    _run("Plan the example definitions against the registry", ["plan", "--config", config])
+    _run("Apply them (atomic, with content hashes and history)", ["apply", "--config", config])
+    _run("What the registry holds", ["list", "--config", config])
+    _run("One view in detail", ["describe", "video_safety", "--config", config])
+
+    store = FeatureStore(config)
+    log = store.config.path(store.config.offline_log.path)
+    print(f"\n== Generate {SCALE:,} synthetic events over {DAYS} days into {log}", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generate.py"), "--scale", str(SCALE), "--days",
+                    str(DAYS), "--start", START, "--out", str(log)], check=True)
+
+    import duckdb
+
+    spine_path = store.config.path("data/demo_spine.parquet")
+    scan = store.scan_sql("video_events")
+    duckdb.sql(f"COPY (SELECT user_id, video_id, creator_id, ts + INTERVAL 1 MINUTE AS ts, "
+               f"(event_type = 'like')::INT AS label FROM {scan} USING SAMPLE 20000 ROWS (reservoir, 7)) "
+               f"TO '{spine_path}' (FORMAT parquet)")
+    for mode in ("event_time", "as_served"):
+        out = store.config.path(f"data/demo_training_{mode}.parquet")
+        flag = ["--as-served"] if mode == "as_served" else []
+        _run(f"Training set ({mode})", ["training-set", "--config", config, "--spine", str(spine_path),
+                                        "--service", "home_feed_ranking", "--out", str(out), *flag])
+    table = duckdb.sql(f"SELECT user_id, video_id, ts, label, user_engagement__plays_1h, "
+                       f"user_engagement__watch_ms_24h, video_engagement__plays_1h, user_profile__country "
+                       f"FROM '{store.config.path('data/demo_training_event_time.parquet')}' "
+                       f"ORDER BY user_engagement__plays_1h DESC LIMIT 5")
+    print("\nthe five rows with the most plays in the hour before:")
+    table.show()
+    end = datetime.fromisoformat(START) .replace(day=1 + DAYS)
+    _run("Backfill the tiles the online store loads", ["backfill", "--config", config, "--start", START,
+                                                       "--end", end.date().isoformat()])
     return 0
 
 
