@@ -56,7 +56,7 @@ def plan_groups(resolved: Iterable[ResolvedFeature]) -> list[Group]:
     for item in resolved:
         window = feature_window(item.view, item.feature)
         if window is None or window.is_lifetime:
-            tile, length = DAY, None
+            tile, length = UNBOUNDED, None
         else:
             tile, length = window.hop, window.length
         key = (item.view.name, item.view.version, tile)
@@ -83,16 +83,15 @@ def events_sql(defs: Definitions, view: FeatureView, scan: str) -> str:
     return sql
 
 
-# Lifetime windows and latest values start at LIFETIME_START; with LIFETIME_LEVELS dyadic
-# levels of day tiles, any range up to 2**(LIFETIME_LEVELS + 1) days has a cover.
-LIFETIME_LEVELS = 17
+# Lifetime windows and latest values form one group per view with no tiles (UNBOUNDED):
+# their value at t is a running aggregate over the entity's whole history, read with an
+# ASOF join. LIFETIME_START is the start every such feature's partial rows carry.
+UNBOUNDED = 0
 LIFETIME_START = -(2 ** 16) * DAY
 
 
-def levels_for(length: int | None, h: int) -> int:
+def levels_for(length: int, h: int) -> int:
     """Dyadic levels needed so that every range of complete tiles of a window has a cover."""
-    if length is None:
-        return LIFETIME_LEVELS
     return ((length + h) // h).bit_length() - 1
 
 
@@ -103,7 +102,9 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
     The SELECT has one row per distinct (entity keys, t) of the spine. Complete tiles of a
     window ``[S, floor(t, h))`` are read as its maximal dyadic blocks (tiles of ``h * 2**L``
     aligned to their size): at most two per level, joined by equality, so heavy entities
-    cost no more than light ones.
+    cost no more than light ones. Lifetime windows and latest values (the UNBOUNDED group)
+    need no tiles: a running aggregate over each entity's history, ordered by the instant
+    from which each event counts, is read at t with an ASOF join.
     """
     entity = defs.entity(group.view.entity)
     keys = [q("__k_" + k) for k in entity.join_keys]
@@ -135,12 +136,27 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
             merges.append(f"{finish(item.feature.agg, merged, column_dtype)} AS {q(item.output_name)}")
 
     ev, tiles, points = f"{prefix}_ev", f"{prefix}_tiles", f"{prefix}_points"
+    pick = ", ".join(f"p.{k}" for k in keys)
+    on_keys = " AND ".join(f"e.{k} = p.{k}" for k in keys)
+    # every partial as a running aggregate over the window __win of the statement using it
+    running = ", ".join(f"{sql.rsplit(' AS ', 1)[0]} OVER __win AS {name}" for sql, name in zip(partials, names))
+    # the instant from which an event counts at t: ts < t, and (as served) visible at t
+    counts_from = "__ts + 1" if mode == "event_time" else "greatest(__ts + 1, __vis)"
+    setup = [f"CREATE OR REPLACE TEMP TABLE {points} AS SELECT *, hash({key_list}, __t) % {chunks} AS __chunk "
+             f"FROM (SELECT DISTINCT {key_list}, __t FROM __spine)"]
+    if h == UNBOUNDED:
+        history = f"{prefix}_history"
+        setup.append(f"CREATE OR REPLACE TEMP TABLE {history} AS SELECT {key_list}, __g, {running} FROM "
+                     f"(SELECT *, {counts_from} AS __g FROM ({events_sql(defs, group.view, scan)})) "
+                     f"WINDOW __win AS (PARTITION BY {key_list} ORDER BY __g)")
+        parts = [f"SELECT {pick}, p.__t, NULL AS __w, {LIFETIME_START} AS __start, "
+                 f"{', '.join('e.' + n for n in names)} FROM {points} p ASOF JOIN {history} e "
+                 f"ON {on_keys} AND p.__t >= e.__g"]
+        return setup, _merge_selects(setup, parts, prefix, key_list, points, merges, chunks)
     prompt = "TRUE" if mode == "event_time" else f"__vis < __tile + {h}"
-    setup = [
+    setup += [
         f"CREATE OR REPLACE TEMP TABLE {ev} AS SELECT *, {floor_sql('__ts', h)} AS __tile "
         f"FROM ({events_sql(defs, group.view, scan)})",
-        f"CREATE OR REPLACE TEMP TABLE {points} AS SELECT *, hash({key_list}, __t) % {chunks} AS __chunk "
-        f"FROM (SELECT DISTINCT {key_list}, __t FROM __spine)",
         f"CREATE OR REPLACE TEMP TABLE {tiles} AS SELECT {key_list}, __tile AS __start, 0 AS __lvl, "
         f"{', '.join(partials)} FROM {ev} WHERE {prompt} GROUP BY ALL",
     ]
@@ -151,10 +167,6 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
                      f"{', '.join(combines)} FROM {tiles} WHERE __lvl = {level - 1} GROUP BY ALL")
 
     end = floor_sql("p.__t", h)
-    pick = ", ".join(f"p.{k}" for k in keys)
-    on_keys = " AND ".join(f"e.{k} = p.{k}" for k in keys)
-    # every partial as a running aggregate over the window __win of the statement using it
-    running = ", ".join(f"{sql.rsplit(' AS ', 1)[0]} OVER __win AS {name}" for sql, name in zip(partials, names))
     late = f"{prefix}_late"
     if mode == "as_served":
         # Events not yet visible when their tile closed ("late"): for every pyramid block
@@ -168,7 +180,7 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
             f"WINDOW __win AS (PARTITION BY {key_list}, __lvl, __start ORDER BY __vis)")
     parts = []
     for w in windows:
-        start = str(LIFETIME_START) if w is None else floor_sql(f"p.__t - {w}", h)
+        start = floor_sql(f"p.__t - {w}", h)
         parent = floor_sql("a", "2 * size")
         covers = f"{prefix}_cover{window_id[w]}"
         # The maximal dyadic blocks inside [start, floor(t, h)): at most one per side per level.
@@ -191,23 +203,29 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
     # instant __g from which an event counts (ts < t, and visible in as-served mode), read
     # with an ASOF join at t. Peers (equal __g) share one running value.
     head = f"{prefix}_head"
-    counts_from = "__ts + 1" if mode == "event_time" else "greatest(__ts + 1, __vis)"
     setup.append(f"CREATE OR REPLACE TEMP TABLE {head} AS SELECT {key_list}, __tile, __g, " + running
                  + f" FROM (SELECT *, {counts_from} AS __g FROM {ev}) "
                  f"WINDOW __win AS (PARTITION BY {key_list}, __tile ORDER BY __g)")
     parts.append(f"SELECT {pick}, p.__t, NULL AS __w, p.__b AS __start, {', '.join('e.' + n for n in names)} "
                  f"FROM (SELECT *, {floor_sql('__t', h)} AS __b FROM {points}) p ASOF JOIN {head} e "
                  f"ON {on_keys} AND e.__tile = p.__b AND p.__t >= e.__g")
-    # Merge per chunk of points: the merge's states (lists for last_k) cannot spill, so a
-    # memory limit is honoured by merging a bounded number of points at a time.
+    return setup, _merge_selects(setup, parts, prefix, key_list, points, merges, chunks)
+
+
+def _merge_selects(setup: list[str], parts: list[str], prefix: str, key_list: str, points: str,
+                   merges: list[str], chunks: int) -> list[str]:
+    """Materialise the partial rows; return the SELECTs merging them, one per chunk of points.
+
+    The merge's states (lists for last_k) cannot spill, so a memory limit is honoured by
+    merging a bounded number of points at a time.
+    """
     union = "\n  UNION ALL\n  ".join(parts)
     setup.append(f"CREATE OR REPLACE TEMP TABLE {prefix}_parts AS SELECT *, hash({key_list}, __t) % {chunks} "
                  f"AS __chunk FROM (\n  {union}\n) ORDER BY __chunk")
     merge = ", ".join(merges)
-    selects = [f"SELECT {key_list}, __t, {merge} FROM (SELECT * FROM {points} WHERE __chunk = {chunk}) "
-               f"LEFT JOIN (SELECT * FROM {prefix}_parts WHERE __chunk = {chunk}) USING ({key_list}, __t, __chunk) "
-               f"GROUP BY {key_list}, __t" for chunk in range(chunks)]
-    return setup, selects
+    return [f"SELECT {key_list}, __t, {merge} FROM (SELECT * FROM {points} WHERE __chunk = {chunk}) "
+            f"LEFT JOIN (SELECT * FROM {prefix}_parts WHERE __chunk = {chunk}) USING ({key_list}, __t, __chunk) "
+            f"GROUP BY {key_list}, __t" for chunk in range(chunks)]
 
 
 def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine_table: str,
