@@ -220,9 +220,12 @@ def _merge_selects(setup: list[str], parts: list[str], prefix: str, key_list: st
     merging a bounded number of points at a time.
     """
     union = "\n  UNION ALL\n  ".join(parts)
+    merge = ", ".join(merges)
+    if chunks == 1:
+        return [f"WITH parts AS (\n  {union}\n)\nSELECT {key_list}, __t, {merge} FROM {points} "
+                f"LEFT JOIN parts USING ({key_list}, __t) GROUP BY {key_list}, __t"]
     setup.append(f"CREATE OR REPLACE TEMP TABLE {prefix}_parts AS SELECT *, hash({key_list}, __t) % {chunks} "
                  f"AS __chunk FROM (\n  {union}\n) ORDER BY __chunk")
-    merge = ", ".join(merges)
     return [f"SELECT {key_list}, __t, {merge} FROM (SELECT * FROM {points} WHERE __chunk = {chunk}) "
             f"LEFT JOIN (SELECT * FROM {prefix}_parts WHERE __chunk = {chunk}) USING ({key_list}, __t, __chunk) "
             f"GROUP BY {key_list}, __t" for chunk in range(chunks)]
