@@ -68,7 +68,7 @@ def register_spine(con, spine: Any) -> str:
 
 
 POINTS_PER_CHUNK = 4_000_000
-STATE_BYTES = 4096  # a generous bound on one point's merge state per feature (last_k lists included)
+STATE_BYTES = 512  # a point's merge state per feature, on average (last_k lists are larger, but rare)
 
 
 def merge_chunks(con, resolved: list[ResolvedFeature], spine_table: str) -> int:

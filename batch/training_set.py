@@ -203,8 +203,10 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
     # instant __g from which an event counts (ts < t, and visible in as-served mode), read
     # with an ASOF join at t. Peers (equal __g) share one running value.
     head = f"{prefix}_head"
+    # only the tiles some spine row is open in need running partials
     setup.append(f"CREATE OR REPLACE TEMP TABLE {head} AS SELECT {key_list}, __tile, __g, " + running
-                 + f" FROM (SELECT *, {counts_from} AS __g FROM {ev}) "
+                 + f" FROM (SELECT *, {counts_from} AS __g FROM {ev} SEMI JOIN "
+                 f"(SELECT DISTINCT {key_list}, {floor_sql('__t', h)} AS __tile FROM {points}) USING ({key_list}, __tile)) "
                  f"WINDOW __win AS (PARTITION BY {key_list}, __tile ORDER BY __g)")
     parts.append(f"SELECT {pick}, p.__t, NULL AS __w, p.__b AS __start, {', '.join('e.' + n for n in names)} "
                  f"FROM (SELECT *, {floor_sql('__t', h)} AS __b FROM {points}) p ASOF JOIN {head} e "
@@ -225,7 +227,7 @@ def _merge_selects(setup: list[str], parts: list[str], prefix: str, key_list: st
         return [f"WITH parts AS (\n  {union}\n)\nSELECT {key_list}, __t, {merge} FROM {points} "
                 f"LEFT JOIN parts USING ({key_list}, __t) GROUP BY {key_list}, __t"]
     setup.append(f"CREATE OR REPLACE TEMP TABLE {prefix}_parts AS SELECT *, hash({key_list}, __t) % {chunks} "
-                 f"AS __chunk FROM (\n  {union}\n) ORDER BY __chunk")
+                 f"AS __chunk FROM (\n  {union}\n)")
     return [f"SELECT {key_list}, __t, {merge} FROM (SELECT * FROM {points} WHERE __chunk = {chunk}) "
             f"LEFT JOIN (SELECT * FROM {prefix}_parts WHERE __chunk = {chunk}) USING ({key_list}, __t, __chunk) "
             f"GROUP BY {key_list}, __t" for chunk in range(chunks)]
