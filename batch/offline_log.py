@@ -54,6 +54,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from parity.registry.types import arrow_type as _arrow_type
 from parity.errors import ParityError
 from parity.registry.models import Source
 from parity.registry.types import DUCKDB_TYPES
@@ -78,22 +79,8 @@ _US_PER_DAY = 86_400_000_000
 
 
 def arrow_type(dtype: str) -> "pa.DataType":
-    """The Arrow type of a Parity dtype (the offline log's physical type)."""
-    import pyarrow as pa
-
-    types = {
-        "bool": pa.bool_(),
-        "int32": pa.int32(),
-        "int64": pa.int64(),
-        "float32": pa.float32(),
-        "float64": pa.float64(),
-        "string": pa.string(),
-        "timestamp": pa.timestamp("us"),
-    }
-    try:
-        return types[dtype]
-    except KeyError:
-        raise ParityError(f"unknown dtype {dtype!r}") from None
+    """The Arrow type of a Parity dtype (the offline log's physical type: naive UTC timestamps)."""
+    return _arrow_type(dtype)
 
 
 def sql_string(text: str | os.PathLike) -> str:

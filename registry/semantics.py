@@ -228,3 +228,64 @@ def retention(view: FeatureView) -> int | None:
         elif feature.ttl is not None:
             horizon = max(horizon, parse_duration(feature.ttl))
     return horizon
+
+
+def _longest_window(view: FeatureView) -> int:
+    lengths = [w.length for f in view.features if (w := feature_window(view, f)) is not None and w.length]
+    return max(lengths, default=0)
+
+
+def tile_resolutions(view: FeatureView) -> tuple[int, ...]:
+    """Resolutions a view's tiles are *stored* at (online store and backfill), finest first.
+
+    The hops of its windows (:func:`view_resolutions`), plus levels that shorten covers,
+    added only where they keep the divisibility chain:
+
+    - 1 d for latest values, lifetime windows and windows of 2 d or more (a 7 d window
+      with a 1 h hop is then covered by about 50 tiles instead of 170);
+    - 1 h and 1 d for latest values (their ttl cover starts on a coarse boundary).
+    """
+    found = set(view_resolutions(view))
+    has_latest = any(f.window is None for f in view.features)
+    wanted = []
+    if has_latest:
+        wanted.append(HOUR)
+    if has_latest or _longest_window(view) >= 2 * DAY or any(
+            (w := feature_window(view, f)) is not None and w.is_lifetime for f in view.features):
+        wanted.append(DAY)
+    for extra in wanted:
+        if is_divisibility_chain(found | {extra}):
+            found.add(extra)
+    return tuple(sorted(found))
+
+
+def resolution_retention(view: FeatureView) -> dict[int, int | None]:
+    """How long tiles of each stored resolution must be kept (microseconds; None = forever).
+
+    A resolution r is read (a) as the hop of windows W (their covers reach back W + r),
+    (b) on the right ramp of a coarser window's cover (up to the next coarser level), and
+    (c) at the coarsest level by every cover's old part and by latest-value covers
+    (ttl plus one coarsest tile). Lifetime windows keep the coarsest level forever.
+    """
+    levels = tile_resolutions(view)
+    keep: dict[int, int | None] = {r: 0 for r in levels}
+    for fine, coarse in zip(levels, levels[1:]):
+        keep[fine] = coarse + fine
+    coarsest = levels[-1] if levels else None
+    for feature in view.features:
+        window = feature_window(view, feature)
+        if window is None:
+            if coarsest is not None and feature.ttl is not None:
+                keep[coarsest] = _max_keep(keep[coarsest], parse_duration(feature.ttl) + coarsest)
+        elif window.is_lifetime:
+            keep[coarsest] = None  # type: ignore[index]
+        else:
+            span = window.length + window.hop  # type: ignore[operator]
+            keep[window.hop] = _max_keep(keep[window.hop], span)  # type: ignore[index]
+            if coarsest is not None:
+                keep[coarsest] = _max_keep(keep[coarsest], span + coarsest)
+    return keep
+
+
+def _max_keep(current: int | None, candidate: int) -> int | None:
+    return None if current is None else max(current, candidate)

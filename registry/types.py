@@ -52,3 +52,25 @@ def numeric_result(left: str, right: str) -> str:
 def sum_type(dtype: str) -> str:
     """Sums of integers are exact int64; sums of floats are float64 (DESIGN.md)."""
     return "int64" if dtype in INTEGER_TYPES else "float64"
+
+
+def arrow_type(dtype: str, tz: str | None = None):
+    """The Arrow type of a Parity dtype (``list<T>`` for last_k values).
+
+    Timestamps are microseconds; ``tz="UTC"`` marks them as instants (serving, feature
+    logs), without it they are naive UTC (the offline log's physical type). pyarrow is
+    imported here, not at module import.
+    """
+    import pyarrow as pa
+
+    if dtype.startswith("list<") and dtype.endswith(">"):
+        return pa.list_(arrow_type(dtype[5:-1], tz))
+    if dtype == "timestamp":
+        return pa.timestamp("us", tz=tz)
+    scalar = {"bool": pa.bool_(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
+              "float64": pa.float64(), "string": pa.string(), "date": pa.date32()}
+    if dtype not in scalar:
+        from parity.errors import ParityError
+
+        raise ParityError(f"unknown dtype {dtype!r}", hint="types: " + ", ".join(DTYPES))
+    return scalar[dtype]

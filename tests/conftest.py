@@ -7,4 +7,4 @@ from pathlib import Path
 if str(Path(__file__).parent) not in sys.path:
     sys.path.append(str(Path(__file__).parent))
 
-pytest_plugins = ["conftest_postgres"]
+pytest_plugins = ["conftest_postgres", "conftest_redis"]

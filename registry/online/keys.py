@@ -1,0 +1,92 @@
+"""Online store key layout and the typed encoding of entity keys.
+
+Keys (all under one project prefix, so several projects share a Redis)::
+
+    p:<project>:<view>:<version>:e:<entity key>      hash: tiles and latest values of one entity
+    p:<project>:<view>:<version>:t:<entity key>      sorted set: recent events (the open tile)
+    p:<project>:<view>:<version>:meta                hash: watermark, tail_from, min_ts
+    p:<project>:_progress                            hash: writers' progress markers
+
+Project and view names match ``[A-Za-z0-9_]`` (checked by the definition models), so a
+``:`` never appears inside them. An entity key encodes each join key's *typed* value,
+self-delimiting, in the entity's join-key order:
+
+- int32 / int64: ``i<decimal>;``
+- bool: ``b0;`` / ``b1;``
+- string: ``s<utf-8 byte length>:<bytes>;``
+
+A string's length prefix makes its content opaque, so no value (``"1;i2"``, ``":"``, an
+empty string) can produce another key's encoding, and composite keys concatenate safely.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from parity.errors import ParityError
+
+
+class EntityKeyError(ParityError):
+    """A join key value is missing or has the wrong type."""
+
+
+def encode_value(name: str, dtype: str, value: Any) -> bytes:
+    if value is None:
+        raise EntityKeyError(f"join key {name!r} is null", hint="every entity row needs every join key")
+    if dtype in ("int32", "int64"):
+        if type(value) is not int:
+            raise EntityKeyError(f"join key {name!r} must be an integer ({dtype}), got {type(value).__name__} {value!r}",
+                                 hint=f"send {name} as a JSON number")
+        bound = 2**31 if dtype == "int32" else 2**63
+        if not -bound <= value < bound:
+            raise EntityKeyError(f"join key {name!r} = {value} is out of range for {dtype}")
+        return b"i%d;" % value
+    if dtype == "bool":
+        if type(value) is not bool:
+            raise EntityKeyError(f"join key {name!r} must be a boolean, got {type(value).__name__} {value!r}")
+        return b"b1;" if value else b"b0;"
+    if dtype == "string":
+        if type(value) is not str:
+            raise EntityKeyError(f"join key {name!r} must be a string, got {type(value).__name__} {value!r}",
+                                 hint=f"send {name} as a JSON string")
+        raw = value.encode("utf-8", "surrogatepass")
+        return b"s%d:%s;" % (len(raw), raw)
+    raise EntityKeyError(f"join key {name!r} has type {dtype}, which cannot be a key")
+
+
+def encode_entity(join_keys: Mapping[str, str], values: Sequence[Any]) -> bytes:
+    """The encoding of one entity (``values`` in ``join_keys`` order)."""
+    return b"".join(encode_value(name, dtype, value) for (name, dtype), value in zip(join_keys.items(), values))
+
+
+def view_prefix(project: str, view: str, version: int) -> bytes:
+    return f"p:{project}:{view}:{version}:".encode()
+
+
+def entity_key(prefix: bytes, entity: bytes) -> bytes:
+    return prefix + b"e:" + entity
+
+
+def tail_key(prefix: bytes, entity: bytes) -> bytes:
+    return prefix + b"t:" + entity
+
+
+def meta_key(prefix: bytes) -> bytes:
+    return prefix + b"meta"
+
+
+def progress_key(project: str) -> bytes:
+    return f"p:{project}:_progress".encode()
+
+
+def tile_field(resolution: int, start: int) -> bytes:
+    """Hash field of a tile's numeric record: ``<resolution in seconds>:<start / resolution>``."""
+    return b"%d:%d" % (resolution // 1_000_000, start // resolution)
+
+
+def complex_field(resolution: int, start: int) -> bytes:
+    """Hash field of a tile's complex partials (JSON)."""
+    return tile_field(resolution, start) + b"x"
+
+
+LATEST_FIELD = b"L"  # the newest latest-value partials of the entity (JSON)

@@ -1,0 +1,571 @@
+"""Online lookup: feature values at ``now``, composed at request time from Redis tiles.
+
+One request may name several entity types (``user_id`` for user features, ``video_id``
+for video features) and several versions of a view. Entity columns of length 1 are
+broadcast to the request's row count. Each view is read with **one** Lua call for all of
+its distinct entities (all views of a request share one round trip), which returns, per
+entity, the cover tiles' numeric records concatenated (missing tiles as zero records), the
+tail events of the open tile, and the complex partials when the request needs them.
+Numeric features are then merged for all entities at once with numpy.
+
+Every value carries a status (DESIGN.md, docs/online.md):
+
+- ``missing``: the store holds nothing for the entity in this view (for a latest value:
+  no value of that feature);
+- ``expired``: a latest value exists, but none in ``[now - ttl, now)``;
+- ``stale``: the value is there, but the view's ingestion lag (``now`` minus the
+  watermark writers store) exceeds its ``freshness_slo`` (no watermark at all is stale);
+- ``ok``.
+
+and its event-time age: ``now`` minus the time of the newest event behind it (for a
+windowed value, the entity's newest event in the view before ``now``; for a latest value,
+the event served), in milliseconds; None when there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from parity.errors import ParityError
+from parity.registry.durations import from_micros, parse_duration
+from parity.registry.models import Definitions, FeatureView
+from parity.registry.online.keys import LATEST_FIELD, encode_entity, entity_key, meta_key, tail_key, view_prefix
+from parity.registry.online.layout import MAX_TS, ROWS, ViewLayout
+from parity.registry.online.writer import ORDER, OnlineStoreUnavailable, wall_clock_us
+from parity.registry.partials import finalize, merge
+from parity.registry.resolve import ResolvedFeature, UnknownFeatureError, resolve
+from parity.registry.semantics import empty_value, latest_is_live, output_dtype
+from parity.serving.read_plan import ReadPlan, latest_cover, plan_for
+
+READ_SCRIPT = r"""
+local prefix = ARGV[1]
+local nf = tonumber(ARGV[2])
+local fields = {}
+for j = 1, nf do fields[j] = ARGV[2 + j] end
+local i = 3 + nf
+local open_field, tail_lo, tail_hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local life_res, life_end = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+local want_complex, want_latest, zero = ARGV[i + 5] == '1', ARGV[i + 6] == '1', ARGV[i + 7]
+local meta = redis.call('HMGET', KEYS[1], 'watermark', 'tail_from', 'min_ts')
+local use_tail = 0
+if open_field ~= '' and (not meta[2] or tonumber(tail_lo) >= tonumber(meta[2])) then use_tail = 1 end
+local read = {}
+for j = 1, nf do read[j] = fields[j] end
+if open_field ~= '' and use_tail == 0 then read[#read + 1] = open_field end
+local n_life = 0
+if life_res > 0 and meta[3] then
+  local first = math.floor(tonumber(meta[3]) / (life_res * 1000000))
+  for idx = first, life_end - 1 do read[#read + 1] = life_res .. ':' .. idx; n_life = n_life + 1 end
+end
+local cx = {}
+if want_complex then for j = 1, #read do cx[j] = read[j] .. 'x' end end
+local out = {{meta[1] or false, meta[2] or false, use_tail, n_life}}
+for k = 2, #KEYS do
+  local h = KEYS[k]
+  local entry = {redis.call('EXISTS', h)}
+  if entry[1] == 1 then
+    local parts = {}
+    if #read > 0 then
+      local vals = redis.call('HMGET', h, unpack(read))
+      for j = 1, #read do parts[j] = vals[j] or zero end
+    end
+    entry[2] = table.concat(parts)
+    if use_tail == 1 then
+      entry[3] = redis.call('ZRANGEBYSCORE', prefix .. 't:' .. string.sub(h, #prefix + 3), tail_lo, tail_hi)
+    else
+      entry[3] = {}
+    end
+    if want_complex and #cx > 0 then entry[4] = redis.call('HMGET', h, unpack(cx)) else entry[4] = {} end
+    if want_latest then entry[5] = redis.call('HGET', h, 'L') or false else entry[5] = false end
+  end
+  out[#out + 1] = entry
+end
+return out
+"""
+
+SLOW_SCRIPT = r"""
+local out = {}
+for k = 1, #KEYS do out[k] = redis.call('HMGET', KEYS[k], unpack(ARGV)) end
+return out
+"""
+
+STATUSES = ("ok", "missing", "expired", "stale")
+
+
+class BadRequest(ParityError):
+    """The request is malformed (unknown key, wrong type, length mismatch, too many rows)."""
+
+
+class TooManyEntities(BadRequest):
+    """More entity rows than ``serving.max_entities``."""
+
+
+@dataclass
+class OnlineResult:
+    """Columnar answer: per output column, values, statuses, ages (ms) and default flags."""
+
+    now_us: int
+    rows: int
+    names: list[str]
+    values: dict[str, list] = field(default_factory=dict)
+    status: dict[str, list[str]] = field(default_factory=dict)
+    age_ms: dict[str, list[float | None]] = field(default_factory=dict)
+    defaulted: dict[str, list[bool]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, list]:
+        """``{name: values}`` (statuses under ``<name>__status``)."""
+        out: dict[str, list] = {}
+        for name in self.names:
+            out[name] = self.values[name]
+            out[name + "__status"] = self.status[name]
+        return out
+
+    def to_arrow(self):
+        import pyarrow as pa
+
+        from parity.registry.types import arrow_type
+
+        columns, names = [], []
+        for name in self.names:
+            columns.append(pa.array(self.values[name], type=arrow_type(self.dtypes[name])))
+            names.append(name)
+            columns.append(pa.array(self.status[name], type=pa.string()).dictionary_encode())
+            names.append(name + "__status")
+            columns.append(pa.array(self.age_ms[name], type=pa.float64()))
+            names.append(name + "__age_ms")
+        return pa.Table.from_arrays(columns, names=names)
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    round_trips: int = 0
+    entities: int = 0
+
+
+class OnlineReader:
+    """Answers lookups for one project from one Redis. ``clock()`` returns microseconds."""
+
+    def __init__(self, client, project: str, defs: Definitions, clock: Callable[[], int] = wall_clock_us,
+                 max_entities: int = 2000):
+        self.client = client
+        self.project = project
+        self.defs = defs
+        self.clock = clock
+        self.max_entities = max_entities
+        self._read = client.register_script(READ_SCRIPT)
+        self._slow = client.register_script(SLOW_SCRIPT)
+        self._layouts: dict[tuple[str, int], ViewLayout] = {}
+        self._resolved: dict[Any, list[ResolvedFeature]] = {}
+        self.stats = Stats()
+
+    # -- public -----------------------------------------------------------------------
+    def resolve(self, service: str | None = None, features: Sequence[str] | None = None) -> list[ResolvedFeature]:
+        key = (service, tuple(features) if features is not None else None)
+        found = self._resolved.get(key)
+        if found is None:
+            found = resolve(self.defs, service=service, features=features)
+            offline = sorted({f"{r.view.name}@{r.view.version}" for r in found if not r.view.online})
+            if offline:
+                raise UnknownFeatureError(f"view(s) {', '.join(offline)} are not online (online: false)",
+                                          hint="set `online: true` on the view, or request offline features "
+                                               "through a training set")
+            if len(self._resolved) > 1024:
+                self._resolved.clear()
+            self._resolved[key] = found
+        return found
+
+    def get_online_features(self, entities: Mapping[str, Sequence[Any]], *, service: str | None = None,
+                            features: Sequence[str] | None = None, now: int | None = None) -> OnlineResult:
+        resolved = self.resolve(service, features)
+        rows = self._row_count(entities, resolved)
+        now = self.clock() if now is None else int(now)
+        result = OnlineResult(now_us=now, rows=rows, names=[r.output_name for r in resolved])
+        by_view: dict[tuple[str, int], list[ResolvedFeature]] = {}
+        for item in resolved:
+            by_view.setdefault((item.view.name, item.view.version), []).append(item)
+        work = []
+        for items in by_view.values():
+            view = items[0].view
+            layout = self._layout(view)
+            keys = list(layout.join_keys)
+            columns = [self._column(entities, k, rows) for k in keys]
+            encoded_rows = []
+            unique: dict[bytes, int] = {}
+            for r in range(rows):
+                try:
+                    code = encode_entity(layout.join_keys, [c[r] for c in columns])
+                except BadRequest:
+                    raise
+                except ParityError as exc:
+                    raise BadRequest(f"{exc} (row {r})", hint=exc.hint) from None
+                encoded_rows.append(unique.setdefault(code, len(unique)))
+            work.append((view, layout, items, list(unique), encoded_rows))
+        replies = self._fetch(work, now)
+        for (view, layout, items, unique, encoded_rows), reply in zip(work, replies):
+            self._answer(view, layout, items, unique, encoded_rows, reply, now, result)
+        self.stats.requests += 1
+        self.stats.entities += rows
+        return result
+
+    # -- request checks ------------------------------------------------------------------
+    def _row_count(self, entities: Mapping[str, Sequence[Any]], resolved: list[ResolvedFeature]) -> int:
+        if not isinstance(entities, Mapping) or not entities:
+            raise BadRequest("entities must be a non-empty mapping of join key -> list of values",
+                             hint='e.g. {"user_id": [1], "video_id": [10, 11]}')
+        needed = {k for r in resolved for k in r.entity.join_keys}
+        unknown = sorted(set(entities) - needed)
+        if unknown:
+            raise BadRequest(f"unknown join key(s) {', '.join(map(repr, unknown))} for these features",
+                             hint="join keys used: " + ", ".join(sorted(needed)))
+        missing = sorted(needed - set(entities))
+        if missing:
+            raise BadRequest(f"missing join key(s) {', '.join(map(repr, missing))}",
+                             hint="send every join key of the requested features' entities")
+        lengths = set()
+        for name, values in entities.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                raise BadRequest(f"join key {name!r} must be a list of values")
+            lengths.add(len(values))
+        longest = max(lengths)
+        if longest == 0:
+            raise BadRequest("entity lists are empty")
+        if lengths - {1, longest}:
+            raise BadRequest(f"entity lists have different lengths {sorted(lengths)}",
+                             hint="give every join key the same number of values (a list of 1 is broadcast)")
+        if longest > self.max_entities:
+            raise TooManyEntities(f"{longest} entity rows exceed the limit of {self.max_entities}",
+                                  hint="split the request, or raise serving.max_entities")
+        return longest
+
+    @staticmethod
+    def _column(entities: Mapping[str, Sequence[Any]], key: str, rows: int) -> Sequence[Any]:
+        values = entities[key]
+        return values * rows if len(values) == 1 and rows > 1 else values
+
+    def _layout(self, view: FeatureView) -> ViewLayout:
+        key = (view.name, view.version)
+        if key not in self._layouts:
+            self._layouts[key] = ViewLayout(self.defs, view)
+        return self._layouts[key]
+
+    # -- reading ------------------------------------------------------------------------
+    def _fetch(self, work, now: int) -> list:
+        import redis
+
+        pipe = self.client.pipeline(transaction=False)
+        for view, layout, items, unique, _rows in work:
+            prefix = view_prefix(self.project, view.name, view.version)
+            keys = [meta_key(prefix)] + [entity_key(prefix, code) for code in unique]
+            self._read(keys=keys, args=self._read_args(layout, items, prefix, now), client=pipe)
+        try:
+            replies = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise OnlineStoreUnavailable(f"online store (Redis) unreachable: {exc}",
+                                         hint="check online_store.connection_string") from None
+        self.stats.round_trips += 1
+        return replies
+
+    def _windows(self, layout: ViewLayout, items: list[ResolvedFeature]):
+        windows = []
+        for item in items:
+            window = layout_window(layout, item)
+            if window is not None and window not in windows:
+                windows.append(window)
+        return tuple(windows)
+
+    def _read_args(self, layout: ViewLayout, items, prefix: bytes, now: int) -> list:
+        windows = self._windows(layout, items)
+        want_complex = any(layout_window(layout, i) is not None and _complex(layout, i) for i in items)
+        want_latest = any(i.feature.window is None for i in items)
+        if windows:
+            plan = plan_for(layout, windows, now)
+            fields = list(plan.fields)
+            open_field = plan.open_field if now > plan.open_start else b""
+            life_res = plan.lifetime_res // 1_000_000 if plan.lifetime_res else 0
+            life_end = plan.lifetime_end // plan.lifetime_res if plan.lifetime_res else 0
+            lo, hi = plan.open_start, now - 1
+        else:
+            fields, open_field, life_res, life_end, lo, hi = [], b"", 0, 0, 0, -1
+        return [prefix, len(fields), *fields, open_field, lo, hi, life_res, life_end,
+                "1" if want_complex else "0", "1" if want_latest else "0", layout.zero]
+
+    # -- merging ------------------------------------------------------------------------
+    def _answer(self, view, layout, items, unique, encoded_rows, reply, now, result) -> None:
+        header, entries = reply[0], reply[1:]
+        watermark = int(header[0]) if header[0] else None
+        use_tail, n_life = int(header[2]), int(header[3])
+        stale = False
+        if view.freshness_slo:
+            stale = watermark is None or now - watermark > parse_duration(view.freshness_slo)
+        exists = np.array([e[0] == 1 for e in entries], dtype=bool)
+        windows = self._windows(layout, items)
+        merged = None
+        if windows:
+            plan = plan_for(layout, windows, now)
+            merged = _merge_numeric(layout, plan, entries, exists, use_tail, n_life, now)
+        complex_cache: dict[int, list] = {}
+        latest_cache: list | None = None
+        ages_entity = merged["age"] if merged else [None] * len(entries)
+        slow_latest: dict[int, list] | None = None
+        for item in items:
+            name = item.output_name
+            feature = item.feature
+            agg = "last" if feature.window is None else feature.agg
+            dtype = layout.schema.get(feature.column) if feature.column else None
+            out_type = output_dtype(agg, dtype)
+            values_u: list = []
+            status_u: list[str] = []
+            age_u: list = []
+            if feature.window is None:
+                if latest_cache is None:
+                    latest_cache = [layout.decode_complex(e[4], latest=True) if e[0] == 1 and e[4] else None
+                                    for e in entries]
+                index = next(c.index for c in layout.latest if c.feature.name == feature.name)
+                pos = [c.index for c in layout.latest].index(index)
+                ttl = parse_duration(feature.ttl)
+                for u, latest in enumerate(latest_cache):
+                    partial = latest[pos] if latest else None
+                    if partial is not None and partial[0][0] >= now:
+                        if slow_latest is None:
+                            slow_latest = self._slow_latest(view, layout, unique, entries, now, use_tail)
+                        partial = _last_before(slow_latest.get(u, []), pos, now, layout)
+                        if partial is None:
+                            values_u.append(None)
+                            status_u.append("expired")
+                            age_u.append(None)
+                            continue
+                    if partial is None:
+                        values_u.append(None)
+                        status_u.append("missing")
+                        age_u.append(None)
+                    elif not latest_is_live(partial[0][0], now, ttl):
+                        values_u.append(None)
+                        status_u.append("expired")
+                        age_u.append((now - partial[0][0]) / 1000.0)
+                    else:
+                        values_u.append(partial[1])
+                        status_u.append("stale" if stale else "ok")
+                        age_u.append((now - partial[0][0]) / 1000.0)
+            else:
+                if _complex(layout, item):
+                    values_u = self._complex_values(layout, plan_for(layout, windows, now), item, entries, exists,
+                                                    use_tail, n_life, complex_cache, now)
+                else:
+                    values_u = merged["values"][feature.name]
+                for u in range(len(entries)):
+                    if not exists[u]:
+                        status_u.append("missing")
+                    else:
+                        status_u.append("stale" if stale else "ok")
+                    age_u.append(ages_entity[u])
+            if out_type == "timestamp":
+                values_u = [from_micros(v) if isinstance(v, int) else v for v in values_u]
+            defaulted_u = [False] * len(values_u)
+            if feature.default is not None:
+                for u, st in enumerate(status_u):
+                    if st in ("missing", "expired"):
+                        values_u[u] = feature.default
+                        defaulted_u[u] = True
+            result.values[name] = [values_u[u] for u in encoded_rows]
+            result.status[name] = [status_u[u] for u in encoded_rows]
+            result.age_ms[name] = [age_u[u] for u in encoded_rows]
+            result.defaulted[name] = [defaulted_u[u] for u in encoded_rows]
+            result.dtypes[name] = out_type
+
+    def _complex_values(self, layout, plan, item, entries, exists, use_tail, n_life, cache, now) -> list:
+        feature = item.feature
+        window = layout_window(layout, item)
+        w = plan.windows.index(window)
+        spec = next(c for c in layout.windowed_complex if c.feature.name == feature.name)
+        pos = layout.windowed_complex.index(spec)
+        n_fields = len(plan.fields)
+        mask = list(plan.window_fields[w])
+        out = []
+        for u, entry in enumerate(entries):
+            if not exists[u]:
+                out.append(empty_value(spec.agg, spec.column_dtype))
+                continue
+            decoded = cache.get(u)
+            if decoded is None:
+                decoded = cache[u] = _decode_complex_columns(layout, entry)
+            parts = [decoded["tiles"][j][pos] for j in range(n_fields) if mask[j]]
+            extra = decoded["tiles"][n_fields:]
+            if not use_tail and now > plan.open_start:
+                parts.append(extra[0][pos])  # the open tile's record
+                extra = extra[1:]
+            if plan.window_lifetime[w]:
+                parts.extend(t[pos] for t in extra[:n_life])
+            parts.extend(t[pos] for t in decoded["tail"])
+            out.append(finalize(spec.agg, merge(spec.agg, parts, feature.k), spec.column_dtype))
+        return out
+
+    def _slow_latest(self, view, layout, unique, entries, now, use_tail) -> dict[int, list]:
+        """Latest values whose newest stored event is not before ``now`` (a lookup in the
+        past, or events ahead of the clock): merge the ttl cover's tiles and the tail."""
+        prefix = view_prefix(self.project, view.name, view.version)
+        ttl = max(parse_duration(c.feature.ttl) for c in layout.latest)
+        _fields, cx = latest_cover(layout, f"{ttl}us", now)
+        finest = layout.resolutions[0]
+        open_start = now - now % finest
+        if not use_tail and now > open_start:
+            cx.append(_cx_open(finest, open_start))
+        wanted = [u for u, e in enumerate(entries) if e[0] == 1]
+        keys = [entity_key(prefix, unique[u]) for u in wanted]
+        tails = {}
+        if not cx or not keys:
+            found = [[] for _ in keys]
+        else:
+            found = self._slow(keys=keys, args=cx)
+        self.stats.round_trips += 1
+        if use_tail:
+            pipe = self.client.pipeline(transaction=False)
+            for u in wanted:
+                pipe.zrangebyscore(tail_key(prefix, unique[u]), open_start, now - 1)
+            tails = dict(zip(wanted, pipe.execute()))
+        out: dict[int, list] = {}
+        for u, blobs in zip(wanted, found):
+            decoded = [layout.decode_complex(b, latest=None) for b in blobs if b]
+            latest_idx = [c.index for c in layout.latest]
+            items = [[d[i] for i in latest_idx] for d in decoded]
+            for member in tails.get(u, []):
+                items.append(_tail_latest(layout, member))
+            out[u] = items
+        return out
+
+
+def _cx_open(finest: int, open_start: int) -> bytes:
+    from parity.registry.online.keys import complex_field
+
+    return complex_field(finest, open_start)
+
+
+def _tail_latest(layout: ViewLayout, member: bytes) -> list:
+    """Latest-value partials of one tail event (its complex part carries every complex feature)."""
+    raw = member[ORDER.size + layout.width:]
+    decoded = layout.decode_complex(raw, latest=None) if raw else [None] * len(layout.complex)
+    return [decoded[c.index] for c in layout.latest]
+
+
+def _last_before(items: list[list], pos: int, now: int, layout: ViewLayout):
+    best = None
+    for entry in items:
+        partial = entry[pos]
+        if partial is not None and partial[0][0] < now and (best is None or partial[0] > best[0]):
+            best = partial
+    return best
+
+
+def layout_window(layout: ViewLayout, item: ResolvedFeature):
+    from parity.registry.semantics import feature_window
+
+    return feature_window(layout.view, item.feature)
+
+
+def _complex(layout: ViewLayout, item: ResolvedFeature) -> bool:
+    return any(c.feature.name == item.feature.name for c in layout.complex)
+
+
+def _decode_complex_columns(layout: ViewLayout, entry) -> dict:
+    tiles = [layout.decode_complex(b, latest=None) for b in entry[3]]
+    windowed_idx = [c.index for c in layout.windowed_complex]
+    tiles = [[t[i] for i in windowed_idx] for t in tiles]
+    tail = []
+    for member in entry[2]:
+        raw = member[ORDER.size + layout.width:]
+        decoded = layout.decode_complex(raw, latest=None) if raw else [None] * len(layout.complex)
+        tail.append([decoded[i] for i in windowed_idx])
+    return {"tiles": tiles, "tail": tail}
+
+
+def _record_dtype(layout: ViewLayout) -> np.dtype:
+    return np.dtype([("i", "<i8", (layout.n_int,)), ("f", "<f8", (layout.n_float,))])
+
+
+def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail: int, n_life: int, now: int) -> dict:
+    """Window values of every numeric feature for every entity, plus entity ages."""
+    n_ent = len(entries)
+    n_fields = len(plan.fields)
+    width = layout.width
+    open_cols = 0 if use_tail or not plan.open_field or now == plan.open_start else 1
+    n_cols = n_fields + open_cols + n_life
+    tails = [e[2] if e[0] == 1 else [] for e in entries]
+    t_max = max((len(t) for t in tails), default=0)
+    zero = layout.zero
+    chunks = []
+    for u, entry in enumerate(entries):
+        chunks.append(entry[1] if entry[0] == 1 else zero * n_cols)
+        tail = tails[u]
+        for member in tail:
+            chunks.append(member[ORDER.size:ORDER.size + width])
+        if len(tail) < t_max:
+            chunks.append(zero * (t_max - len(tail)))
+    dtype = _record_dtype(layout)
+    total = n_cols + t_max
+    records = np.frombuffer(b"".join(chunks), dtype=dtype).reshape(n_ent, total) if n_ent and total else \
+        np.zeros((n_ent, total), dtype=dtype)
+    ints, floats = records["i"], records["f"]
+    extra = np.ones(total - n_fields, dtype=bool)  # open tile, tail: in every window
+    masks = []
+    for w, base in enumerate(plan.window_fields):
+        life = np.zeros(n_life, dtype=bool) + plan.window_lifetime[w]
+        tail_open = np.ones(open_cols + 0, dtype=bool)
+        masks.append(np.concatenate([base, tail_open, life, np.ones(t_max, dtype=bool)]))
+    del extra
+    values: dict[str, list] = {}
+    sums_i = [ints[:, m, :].sum(axis=1) for m in masks]
+    sums_f = [floats[:, m, :].sum(axis=1) for m in masks]
+    for slot in layout.numeric:
+        w = plan.windows.index(layout_window_of(layout, slot.feature))
+        si, sf = sums_i[w], sums_f[w]
+        if slot.agg == "count" or (slot.agg == "sum" and slot.int_slots):
+            values[slot.feature.name] = si[:, slot.int_slots[0]].tolist()
+        elif slot.agg == "sum":
+            values[slot.feature.name] = sf[:, slot.float_slots[0]].tolist()
+        elif slot.agg == "mean":
+            count = si[:, slot.int_slots[0]]
+            sums = sf[:, slot.float_slots[0]]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean = sums / np.where(count == 0, 1, count)
+            values[slot.feature.name] = [m if c else None for m, c in zip(mean.tolist(), count.tolist())]
+        else:
+            values[slot.feature.name] = _extreme(slot, ints, floats, masks[w])
+    rows = ints[:, :, ROWS]
+    newest = np.where(rows > 0, ints[:, :, MAX_TS], np.iinfo(np.int64).min).max(axis=1) if total else \
+        np.full(n_ent, np.iinfo(np.int64).min)
+    ages = [None if n == np.iinfo(np.int64).min or not e else (now - n) / 1000.0
+            for n, e in zip(newest.tolist(), exists.tolist())]
+    return {"values": values, "age": ages}
+
+
+def layout_window_of(layout: ViewLayout, feature):
+    from parity.registry.semantics import feature_window
+
+    return feature_window(layout.view, feature)
+
+
+def _extreme(slot, ints, floats, mask) -> list:
+    pick_min = slot.agg == "min"
+    if slot.float_slots:
+        present = ints[:, mask, slot.int_slots[0]] > 0
+        data = floats[:, mask, slot.float_slots[0]]
+        fill = np.inf if pick_min else -np.inf
+    else:
+        present = ints[:, mask, slot.int_slots[1]] > 0
+        data = ints[:, mask, slot.int_slots[0]]
+        info = np.iinfo(np.int64)
+        fill = info.max if pick_min else info.min
+    chosen = np.where(present, data, fill)
+    best = chosen.min(axis=1) if pick_min else chosen.max(axis=1)
+    any_present = present.any(axis=1)
+    out = [b if p else None for b, p in zip(best.tolist(), any_present.tolist())]
+    if slot.column_dtype == "bool":
+        out = [None if v is None else bool(v) for v in out]
+    return out
