@@ -118,3 +118,44 @@ class FeatureStore:
             return backfill(con, self.definitions, self.tiles_root, self.scan_sql, start, end, views, progress)
         finally:
             con.close()
+
+    # -- online --------------------------------------------------------------------------
+    def _redis(self):
+        if getattr(self, "_redis_client", None) is None:
+            from parity.embedded import online_store_url, redis_client
+
+            self._redis_client = redis_client(online_store_url(self.config))
+        return self._redis_client
+
+    def online_writer(self, clock=None):
+        """The project's :class:`~parity.registry.online.writer.OnlineWriter` (``clock``: µs)."""
+        from parity.registry.online.writer import OnlineWriter, wall_clock_us
+
+        return OnlineWriter(self._redis(), self.config.project, self.definitions, clock=clock or wall_clock_us)
+
+    def online_reader(self, clock=None):
+        from parity.registry.online.writer import wall_clock_us
+        from parity.serving.lookup import OnlineReader
+
+        if getattr(self, "_reader", None) is None or clock is not None:
+            self._reader = OnlineReader(self._redis(), self.config.project, self.definitions,
+                                        clock=clock or wall_clock_us, max_entities=self.config.serving.max_entities)
+        return self._reader
+
+    def get_online_features(self, entities: dict[str, Sequence[Any]], *, service: str | None = None,
+                            features: Sequence[str] | None = None, now: datetime | None = None):
+        """Feature values at ``now`` (default: the clock) for columnar ``entities``, e.g.
+        ``{"user_id": [1], "video_id": [10, 11]}`` (a list of 1 is broadcast). Returns an
+        :class:`~parity.serving.lookup.OnlineResult` (``.values``, ``.status``, ``.age_ms``,
+        ``.to_arrow()``, ``.to_dict()``)."""
+        from parity.registry.durations import to_micros
+
+        reader = self.online_reader()
+        return reader.get_online_features(entities, service=service, features=features,
+                                          now=None if now is None else to_micros(now))
+
+    def materialize(self, *, views: Sequence[str] | None = None, progress: bool = False, clock=None):
+        """Load backfilled tiles into the online store (``parity materialize``)."""
+        from parity.serving.materialize import materialize
+
+        return materialize(self.online_writer(clock), self.definitions, self.tiles_root, views, progress)

@@ -5,7 +5,8 @@ Layout (the online store's bootstrap loads it)::
     <tiles root>/<view>/v<version>/res=<resolution>/date=YYYY-MM-DD/tiles.parquet
     <tiles root>/<view>/v<version>/_backfill.json      the ranges computed so far
 
-Columns: the entity's join keys, ``tile_start`` (timestamp, UTC), then the partials of
+Columns: the entity's join keys, ``tile_start`` (timestamp, UTC), ``__rows`` (events in
+the tile) and ``__max_ts`` (the newest event time, microseconds), then the partials of
 each feature, ``<feature>__<part>`` as rendered by :mod:`parity.batch.aggregates`
 (``last`` order keys are structs ``{ts, p, o}`` with ``ts`` in microseconds). A tile
 holds the events with ``tile_start <= ts < tile_start + resolution`` and
@@ -13,8 +14,8 @@ holds the events with ``tile_start <= ts < tile_start + resolution`` and
 
 Work is done per UTC date: a run over ``[start, end)`` recomputes every date it touches
 from the log (events before ``end``) and replaces that date's file atomically, so
-re-running a range replaces it and nothing is counted twice. Latest-value features get
-1-day tiles.
+re-running a range replaces it and nothing is counted twice. The resolutions are
+:func:`parity.registry.semantics.tile_resolutions`: the ones the online store keeps.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from parity.errors import ParityError
 from parity.registry.durations import DAY, floor_to, format_duration, from_micros, to_micros
 from parity.registry.models import Definitions, FeatureView
 from parity.registry.schema import view_schema
-from parity.registry.semantics import view_resolutions
+from parity.registry.semantics import tile_resolutions
 
 
 @dataclass
@@ -48,19 +49,12 @@ class BackfillSummary:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def tile_resolutions(view: FeatureView) -> tuple[int, ...]:
-    """Resolutions a view's tiles are written at: its window hops, plus 1 day for latest values."""
-    found = set(view_resolutions(view))
-    if any(f.window is None for f in view.features):
-        found.add(DAY)
-    return tuple(sorted(found))
-
-
 def partial_columns(defs: Definitions, view: FeatureView) -> list[str]:
     """``<aggregate SQL> AS "<feature>__<part>"`` for every feature of a view."""
     schema = view_schema(defs, view)
-    return [f"{sql} AS {q(feature.name + '__' + suffix)}"
-            for feature in view.features for suffix, sql in feature_partials(feature, schema)]
+    return ["count(*) AS __rows", "epoch_us(make_timestamp(max(__ts))) AS __max_ts"] + [
+        f"{sql} AS {q(feature.name + '__' + suffix)}"
+        for feature in view.features for suffix, sql in feature_partials(feature, schema)]
 
 
 def view_dir(root: Path, view: FeatureView) -> Path:

@@ -82,12 +82,21 @@ class StreamingConfig(_Parity):
     _check_flush = field_validator("flush_interval")(_duration)
 
 
+class FeatureLogConfig(_Parity):
+    """Sampled logging of served vectors to Parquet (off unless ``path`` is set)."""
+
+    path: str | None = None
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    queue_size: int = Field(default=10_000, ge=1)
+
+
 class ServingConfig(_Parity):
     host: str = "127.0.0.1"
     port: int = Field(default=8666, ge=0, le=65535)
     max_entities: int = Field(default=2000, ge=1)
     auth_tokens: list[str] = Field(default_factory=list)
     require_auth: bool | None = None  # None: required when binding to a non-loopback address
+    feature_log: FeatureLogConfig = FeatureLogConfig()
 
 
 class BatchConfig(_Parity):

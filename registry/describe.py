@@ -8,7 +8,7 @@ from parity.registry.durations import format_duration, parse_duration
 from parity.registry.expr import parse, render_sql
 from parity.registry.models import Definitions, FeatureRef, FeatureView
 from parity.registry.schema import view_schema
-from parity.registry.semantics import feature_window, output_dtype, retention, view_resolutions
+from parity.registry.semantics import feature_window, output_dtype, retention, tile_resolutions
 
 
 def _duration(us: int | None) -> str | None:
@@ -48,7 +48,7 @@ def describe_view(defs: Definitions, view: FeatureView) -> dict[str, Any]:
         "online": view.online,
         "offline": view.offline,
         "freshness_slo": view.freshness_slo,
-        "tile_resolutions": [format_duration(r) for r in view_resolutions(view)],
+        "tile_resolutions": [format_duration(r) for r in tile_resolutions(view)],
         "retention": "forever" if keep is None else (format_duration(keep) if keep else None),
         "derived": {name: {"expression": text, "duckdb": render_sql(parse(text), "duckdb", schema)}
                     for name, text in view.derived.items()},

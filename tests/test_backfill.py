@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity.batch.backfill import backfill, tile_resolutions, view_dir
+from parity.batch.backfill import backfill, view_dir
+from parity.registry.semantics import tile_resolutions
 from parity.batch.engine import connect, run_training_set
 from parity.batch.offline_log import OfflineLog
 from parity.registry import partials

@@ -80,7 +80,7 @@ def test_describe_shows_windows_hops_tiles_retention_owner_and_filter_sql(projec
     parity("apply", cwd=project)
     info = json.loads(parity("describe", "user_engagement", "--json", cwd=project).stdout)
     assert info["owner"] == "ranking@short.video"
-    assert info["tile_resolutions"] == ["5m", "1h"]
+    assert info["tile_resolutions"] == ["5m", "1h", "1d"]  # hops, plus 1d tiles for the 7d windows
     assert info["retention"] == "7d1h"  # longest window 7d + its 1h hop
     f = {x["name"]: x for x in info["features"]}
     assert (f["watch_ms_24h"]["window"], f["watch_ms_24h"]["hop"], f["watch_ms_24h"]["type"]) == ("24h", "1h", "int64")

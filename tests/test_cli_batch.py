@@ -59,4 +59,4 @@ def test_land_training_set_backfill(tmp_path):
 
     filled = json.loads(parity("backfill", "--start", "2026-01-10", "--end", "2026-01-11", "--views",
                                "user_engagement", "--json", "--quiet", cwd=project).stdout)
-    assert filled["files"] == 2 and filled["tiles"] > 0   # resolutions 5m and 1h, one date
+    assert filled["files"] == 3 and filled["tiles"] > 0   # resolutions 5m, 1h and 1d (for the 7d windows), one date

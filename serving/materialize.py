@@ -1,0 +1,152 @@
+"""Bootstrap (``parity materialize``): load backfilled tiles into the online store.
+
+Reads the tile tables ``parity backfill`` wrote (``<tiles>/<view>/v<N>/res=<r>/date=D/
+*.parquet``, columns: join keys, ``tile_start``, ``__rows``, ``__max_ts`` and
+``<feature>__<part>`` partials) for every resolution the view stores, keeps the tiles still
+inside their resolution's retention on the writer's clock, and upserts them through
+:class:`~parity.registry.online.writer.OnlineWriter` with each entity's newest latest
+values. Then it records, atomically with the last batch:
+
+- the view's **watermark**: the end of the backfilled range (the online store is complete
+  for events before it);
+- ``tail_from``: the first finest-tile boundary at or after the watermark, so lookups in
+  the tile holding the watermark read that tile's stored record (which has the backfilled
+  events) and the stream engine's tail takes over after it.
+
+Re-running it upserts the same absolute values: idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from parity.errors import ParityError
+from parity.registry.durations import format_duration, from_micros, to_micros
+from parity.registry.models import Definitions, FeatureView
+from parity.registry.online.layout import TileValue, ViewLayout
+from parity.registry.online.writer import OnlineWriter
+
+BATCH_TILES = 2000
+
+
+@dataclass
+class MaterializeSummary:
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tiles(self) -> int:
+        return sum(v["tiles"] for v in self.views.values())
+
+
+def _backfilled_until(folder: Path, view: FeatureView) -> int:
+    path = folder / "_backfill.json"
+    if not path.exists():
+        raise ParityError(f"view {view.name} v{view.version} has no backfilled tiles in {folder}",
+                          hint=f"run `parity backfill --start ... --end ... --views {view.name}` first")
+    ranges = json.loads(path.read_text())["ranges"]
+    return max(to_micros(datetime.fromisoformat(r["end"])) for r in ranges)
+
+
+def _order_key(raw: dict | None) -> tuple | None:
+    return None if raw is None else (raw["ts"], raw["p"], raw["o"])
+
+
+def _micros(value: Any) -> Any:
+    return to_micros(value) if isinstance(value, datetime) else value
+
+
+def tile_value(layout: ViewLayout, row: dict) -> TileValue:
+    """A backfilled tile row as a :class:`TileValue` (the partial shapes of the registry)."""
+    value = TileValue(rows=row.get("__rows") or 0, max_ts=row.get("__max_ts"))
+    for feature in layout.view.features:
+        name = feature.name
+        agg = "last" if feature.window is None else feature.agg
+        if agg == "count":
+            partial = row[f"{name}__c"] or 0
+            partial = partial or None
+        elif agg == "sum":
+            partial = row[f"{name}__s"]
+        elif agg == "mean":
+            count = row[f"{name}__c"] or 0
+            partial = (row[f"{name}__s"] or 0.0, count) if count else None
+        elif agg in ("min", "max"):
+            partial = _micros(row[f"{name}__m"])
+        elif agg == "last":
+            key = _order_key(row[f"{name}__k"])
+            partial = None if key is None else (key, _micros(row[f"{name}__v"]))
+        else:
+            items = row[f"{name}__l"] or []
+            partial = [(_order_key(i["k"]), _micros(i["v"])) for i in items] or None
+        if partial is not None:
+            value.partials[name] = partial
+    return value
+
+
+def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views: Sequence[str] | None = None,
+                progress: bool = False) -> MaterializeSummary:
+    import pyarrow.parquet as pq
+
+    chosen = [v for v in defs.feature_views if v.online and (views is None or v.name in views)]
+    unknown = sorted(set(views or ()) - {v.name for v in chosen})
+    if unknown:
+        raise ParityError(f"unknown or offline-only view(s) {', '.join(unknown)}",
+                          hint="online views: " + ", ".join(sorted({v.name for v in defs.feature_views if v.online})))
+    summary = MaterializeSummary()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="materialize", unit=" tiles")
+    now = writer.clock()
+    for view in chosen:
+        layout = writer.layout(view)
+        folder = tiles_root / view.name / f"v{view.version}"
+        watermark = _backfilled_until(folder, view)
+        written = skipped = 0
+        latest: dict[tuple, TileValue] = {}
+        batch = writer.batch()
+        pending = 0
+        for resolution in layout.resolutions:
+            keep = layout.resolution_retention[resolution]
+            res_dir = folder / f"res={format_duration(resolution)}"
+            files = sorted(res_dir.glob("date=*/*.parquet"))
+            for path in files:
+                table = pq.read_table(path)
+                keys = list(layout.join_keys)
+                for row in table.to_pylist():
+                    start = to_micros(row["tile_start"])
+                    entity = tuple(row[k] for k in keys)
+                    value = tile_value(layout, row)
+                    if layout.latest and resolution == layout.resolutions[-1]:
+                        mine = TileValue(partials={c.feature.name: value.partials.get(c.feature.name)
+                                                   for c in layout.latest})
+                        old = latest.get(entity)
+                        latest[entity] = mine if old is None else layout.merge_values([old, mine])
+                    if keep is not None and start + resolution + keep <= now:
+                        skipped += 1
+                        continue
+                    batch.put_tile(view, entity, resolution, start, value)
+                    written += 1
+                    pending += 1
+                    if bar:
+                        bar.update(1)
+                    if pending >= BATCH_TILES:
+                        batch.commit()
+                        pending = 0
+        for entity, value in latest.items():
+            batch.put_latest(view, entity, value)
+        finest = layout.resolutions[0] if layout.resolutions else None
+        batch.set_watermark(view, watermark)
+        if finest:
+            batch.set_tail_from(view, -(-watermark // finest) * finest)
+        batch.commit()
+        summary.views[f"{view.name}@{view.version}"] = {
+            "tiles": written, "skipped_beyond_retention": skipped, "entities_with_latest": len(latest),
+            "watermark": from_micros(watermark).isoformat()}
+    if bar:
+        bar.close()
+    return summary
