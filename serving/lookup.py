@@ -310,7 +310,8 @@ class OnlineReader:
         merged = None
         if windows:
             plan = plan_for(layout, windows, now)
-            merged = _merge_numeric(layout, plan, entries, exists, use_tail, n_life, now)
+            merged = _merge_numeric(layout, plan, entries, exists, use_tail, n_life, now,
+                                    {i.feature.name for i in items})
         complex_cache: dict[int, list] = {}
         latest_cache: list | None = None
         ages_entity = merged["age"] if merged else [None] * len(entries)
@@ -489,7 +490,8 @@ def _record_dtype(layout: ViewLayout) -> np.dtype:
     return np.dtype([("i", "<i8", (layout.n_int,)), ("f", "<f8", (layout.n_float,))])
 
 
-def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail: int, n_life: int, now: int) -> dict:
+def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail: int, n_life: int, now: int,
+                   wanted: set[str]) -> dict:
     """Window values of every numeric feature for every entity, plus entity ages."""
     n_ent = len(entries)
     n_fields = len(plan.fields)
@@ -523,6 +525,8 @@ def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail
     sums_i = [ints[:, m, :].sum(axis=1) for m in masks]
     sums_f = [floats[:, m, :].sum(axis=1) for m in masks]
     for slot in layout.numeric:
+        if slot.feature.name not in wanted:
+            continue
         w = plan.windows.index(layout_window_of(layout, slot.feature))
         si, sf = sums_i[w], sums_f[w]
         if slot.agg == "count" or (slot.agg == "sum" and slot.int_slots):
