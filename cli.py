@@ -25,6 +25,9 @@ examples:
   parity land video_events events.jsonl
   parity training-set --spine spine.parquet --service home_feed_ranking --out train.parquet
   parity backfill --start 2026-01-01 --end 2026-01-31
+  parity dev up                   start the project's embedded Redis
+  parity materialize              load backfilled tiles into the online store
+  parity get --service safety_screen --entity video_id=10,11
 
 The project is the folder holding feature_store.yaml: the current one, or --config
 (or the PARITY_CONFIG environment variable)."""
@@ -263,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", nargs="+", metavar="VIEW", help="only these views (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_backfill)
+
+    from parity.cli_online import register as register_online
+
+    register_online(sub, common)
 
     p = sub.add_parser("history", parents=[common], help="registry revisions, newest first")
     p.add_argument("--limit", type=int, default=20, help="how many revisions (default 20)")
