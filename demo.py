@@ -1,16 +1,17 @@
 """The main job on embedded defaults (``make demo``).
 
-It applies the example definitions of the short-video app, generates a week of synthetic
-events into the offline log, computes a point-in-time training set for the
-``home_feed_ranking`` service in both modes, and backfills the tiles the online store
-will load. Later stages (online serving, streaming) extend it.
+It applies the example definitions of the short-video app, generates the last week of
+synthetic events into the offline log, computes a point-in-time training set for the
+``home_feed_ranking`` service in both modes, backfills the tiles, starts the project's own
+Redis, loads the tiles into it (``materialize``) and looks features up online, with
+statuses. Streaming extends it later.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from parity.cli import main as cli
@@ -18,7 +19,7 @@ from parity.cli import main as cli
 ROOT = Path(__file__).resolve().parent
 SCALE = 300_000
 DAYS = 7
-START = "2026-01-01"
+START = (datetime.now(timezone.utc).date() - timedelta(days=DAYS)).isoformat()  # the last week, up to today
 
 
 def _run(title: str, argv: list[str]) -> None:
@@ -60,9 +61,20 @@ def run(config: str = "feature_store.yaml") -> int:
                        f"ORDER BY user_engagement__plays_1h DESC LIMIT 5")
     print("\nthe five rows with the most plays in the hour before:")
     table.show()
-    end = datetime.fromisoformat(START) .replace(day=1 + DAYS)
+    end = date.fromisoformat(START) + timedelta(days=DAYS)
     _run("Backfill the tiles the online store loads", ["backfill", "--config", config, "--start", START,
-                                                       "--end", end.date().isoformat()])
+                                                       "--end", end.isoformat()])
+    _run("Start the project's own Redis (the embedded online store)", ["dev", "up", "--config", config])
+    _run("Load the backfilled tiles into it", ["materialize", "--config", config])
+    users = duckdb.sql(f"SELECT user_id FROM {scan} GROUP BY ALL ORDER BY count(*) DESC LIMIT 2").fetchall()
+    videos = duckdb.sql(f"SELECT video_id FROM {scan} GROUP BY ALL ORDER BY count(*) DESC LIMIT 3").fetchall()
+    _run("Online lookup: the safety screen for the three most-watched videos",
+         ["get", "--config", config, "--service", "safety_screen",
+          "--entity", "video_id=" + ",".join(str(v[0]) for v in videos)])
+    _run("Online lookup: user features of the two heaviest users (a user never seen is `missing`)",
+         ["get", "--config", config, "--features", "user_engagement:plays_24h", "user_engagement:watch_ms_7d",
+          "user_profile:country", "--entity", "user_id=" + ",".join(str(u[0]) for u in users) + ",-1"])
+    print("\nthe embedded Redis keeps running for `parity get` / `parity serve`; stop it with `parity dev down`")
     return 0
 
 

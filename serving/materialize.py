@@ -132,7 +132,7 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
                     batch.put_tile(view, entity, resolution, start, value)
                     written += 1
                     pending += 1
-                    if bar:
+                    if bar is not None:
                         bar.update(1)
                     if pending >= BATCH_TILES:
                         batch.commit()
@@ -147,6 +147,6 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
         summary.views[f"{view.name}@{view.version}"] = {
             "tiles": written, "skipped_beyond_retention": skipped, "entities_with_latest": len(latest),
             "watermark": from_micros(watermark).isoformat()}
-    if bar:
+    if bar is not None:
         bar.close()
     return summary
