@@ -11,3 +11,12 @@ from parity.errors import ParityError
 
 __version__ = "0.1.0"
 __all__ = ["ParityError", "__version__"]
+
+
+def __getattr__(name: str):
+    """``parity.Client`` is imported on first access (httpx is not imported with ``parity``)."""
+    if name == "Client":
+        from parity.serving.client import Client
+
+        return Client
+    raise AttributeError(f"module 'parity' has no attribute {name!r}")

@@ -25,6 +25,7 @@ examples:
   parity land video_events events.jsonl
   parity training-set --spine spine.parquet --service home_feed_ranking --out train.parquet
   parity backfill --start 2026-01-01 --end 2026-01-31
+  parity serve --port 8666        serve online features over HTTP
   parity dev up                   start the project's embedded Redis
   parity materialize              load backfilled tiles into the online store
   parity get --service safety_screen --entity video_id=10,11
@@ -204,6 +205,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from parity.registry.config import load_config
+    from parity.serving.server import run_server
+
+    run_server(load_config(args.config), host=args.host, port=args.port, workers=args.workers,
+               log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="parity", description="Parity: define features once; serve them online and offline, equal.",
@@ -270,6 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     from parity.cli_online import register as register_online
 
     register_online(sub, common)
+
+    p = sub.add_parser("serve", help="serve online features over HTTP (POST /v1/features, GET /v1/health, "
+                       "GET /metrics, GET /openapi.json)", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Serve the project's online features over HTTP until interrupted (Ctrl-C).\n"
+                       "Reads the registry's definitions and the online store (online_store.connection_string, or "
+                       "the Redis `parity dev up` started).\nA host other than loopback requires a bearer token "
+                       "(serving.auth_tokens or PARITY_AUTH_TOKENS, comma-separated) unless serving.require_auth is "
+                       "false.",
+                       epilog="examples:\n  parity serve\n  PARITY_AUTH_TOKENS=s3cret parity serve --host 0.0.0.0 "
+                              "--workers 4\n  curl -s localhost:8666/v1/features -d '{\"service\": "
+                              "\"home_feed_ranking\", \"entities\": {\"user_id\": [1], \"video_id\": [10, 11]}}'")
+    p.add_argument("--config", default=os.environ.get("PARITY_CONFIG", "feature_store.yaml"),
+                   help="feature_store.yaml or the folder holding it (default: ./feature_store.yaml, or $PARITY_CONFIG)")
+    p.add_argument("--host", help="address to bind (default: serving.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default: serving.port, 8666)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level (default warning)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("history", parents=[common], help="registry revisions, newest first")
     p.add_argument("--limit", type=int, default=20, help="how many revisions (default 20)")

@@ -1,0 +1,402 @@
+"""The HTTP read path: ``POST /v1/features``, ``GET /v1/health``, ``GET /metrics``.
+
+:func:`create_app` wraps one :class:`~parity.serving.lookup.OnlineReader` in a FastAPI
+app. Request bodies are validated by pydantic (a bad shape is a 422 naming the field);
+responses are built with orjson (the pydantic response models only document the shape in
+``/openapi.json``). Every error is JSON ``{"error": {"type", "message", "hint",
+"request_id"}}`` and never carries a traceback:
+
+============================  ====  ===========================
+error                         code  ``type``
+============================  ====  ===========================
+UnknownFeatureError           404   ``unknown_feature``
+BadRequest                    400   ``bad_request``
+TooManyEntities               413   ``too_many_entities``
+body / header validation      422   ``validation``
+missing or wrong bearer token 401   ``unauthorized``
+OnlineStoreUnavailable        503   ``online_store_unavailable``
+anything else                 500   ``internal`` (logged server-side)
+============================  ====  ===========================
+
+The endpoint is a sync function, so the blocking Redis lookup runs in the threadpool: a
+large or stalled lookup never holds up the event loop, health probes or small requests.
+Measured on 2 vCPUs (one uvicorn worker, 32 keep-alive clients, 1-user lookups), its p99
+was the same as ``async def`` + ``run_in_threadpool`` within noise; blocking the loop had
+a lower p99 on a quiet machine but multi-100-ms outliers behind large lookups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, MutableMapping
+
+import orjson
+from fastapi import Body, Depends, FastAPI, Header, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parity.errors import ConfigError, ParityError
+from parity.registry.config import ServingConfig
+from parity.registry.durations import from_micros
+from parity.registry.online.writer import OnlineStoreUnavailable
+from parity.registry.resolve import UnknownFeatureError
+from parity.serving.feature_log import FeatureLogger, LoggedColumn
+from parity.serving.http_schema import FeaturesRequest, FeaturesResponse, HealthResponse, error_responses
+from parity.serving.lookup import BadRequest, OnlineReader, TooManyEntities
+
+log = logging.getLogger(__name__)
+
+ORJSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+ENDPOINTS = frozenset({"/v1/features", "/v1/health", "/metrics", "/openapi.json", "/docs"})
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN.encode())
+AUTH_HINT = "send `Authorization: Bearer <token>` with a token from serving.auth_tokens or PARITY_AUTH_TOKENS"
+
+
+class Unauthorized(ParityError):
+    """The request carries no bearer token, or one that is not configured."""
+
+
+# -- auth ---------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1."""
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_settings(config: ServingConfig, host: str) -> tuple[list[str], bool]:
+    """``(tokens, required)``: tokens from ``serving.auth_tokens`` plus ``PARITY_AUTH_TOKENS``
+    (comma-separated); required is ``serving.require_auth``, or, when unset, whether ``host``
+    is not a loopback address. Required without tokens is a ``ConfigError``."""
+    tokens: list[str] = []
+    for token in [*config.auth_tokens, *os.environ.get("PARITY_AUTH_TOKENS", "").split(",")]:
+        token = token.strip()
+        if token and token not in tokens:
+            tokens.append(token)
+    required = config.require_auth if config.require_auth is not None else not is_loopback(host)
+    if required and not tokens:
+        why = "serving.require_auth is true" if config.require_auth else f"host {host!r} is not a loopback address"
+        raise ConfigError(f"serving requires authentication ({why}) but no token is configured",
+                          hint="set serving.auth_tokens in feature_store.yaml or the PARITY_AUTH_TOKENS environment "
+                               "variable (comma-separated), or bind to 127.0.0.1")
+    return tokens, required
+
+
+def _authorizer(tokens: list[str]):
+    encoded = [t.encode() for t in tokens]
+    bearer = HTTPBearer(auto_error=False, description="a token from serving.auth_tokens / PARITY_AUTH_TOKENS")
+
+    async def authorize(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if credentials is None:
+            raise Unauthorized("missing bearer token", hint=AUTH_HINT)
+        given, matched = credentials.credentials.encode(), False
+        for token in encoded:  # compare with every token: the time does not depend on which matched
+            matched |= hmac.compare_digest(given, token)
+        if not matched:
+            raise Unauthorized("invalid bearer token", hint=AUTH_HINT)
+
+    return authorize
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+class _Metrics:
+    """Per-app Prometheus registry. Reader and logger counters are read at scrape time."""
+
+    def __init__(self, reader: OnlineReader, feature_logger: FeatureLogger | None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.lookup = Histogram("parity_lookup_seconds", "Time of one online lookup (Redis round trip and merge)",
+                                buckets=LOOKUP_BUCKETS, registry=self.registry)
+        self.requests = Counter("parity_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "code"], registry=self.registry)
+        self.errors = Counter("parity_errors", "Error responses by error type", ["type"], registry=self.registry)
+        self.reader, self.feature_logger = reader, feature_logger
+        self.registry.register(self)
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        stats = self.reader.stats
+        yield CounterMetricFamily("parity_redis_round_trips", "Redis round trips of lookups", stats.round_trips)
+        yield CounterMetricFamily("parity_lookup_entities", "Entity rows looked up", stats.entities)
+        if self.feature_logger is not None:
+            logged = self.feature_logger.stats
+            yield CounterMetricFamily("parity_feature_log_dropped", "Sampled responses dropped (queue full)",
+                                      logged["dropped"])
+            yield CounterMetricFamily("parity_feature_log_written_rows", "Feature log rows written to Parquet",
+                                      logged["written_rows"])
+
+
+# -- errors -------------------------------------------------------------------------------
+
+ERRORS: tuple[tuple[type[ParityError], int, str], ...] = (  # most specific first
+    (TooManyEntities, 413, "too_many_entities"),
+    (BadRequest, 400, "bad_request"),
+    (UnknownFeatureError, 404, "unknown_feature"),
+    (Unauthorized, 401, "unauthorized"),
+    (OnlineStoreUnavailable, 503, "online_store_unavailable"),
+)
+
+
+def _json(body: Any, status: int = 200, background: BackgroundTask | None = None,
+          headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body, option=ORJSON_OPTIONS), status_code=status, media_type="application/json",
+                    background=background, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    """One entry per offending field; a value failing every member of a union is one entry."""
+    out: dict[str, str] = {}
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ())]
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "")
+            out.setdefault("body", f"not valid JSON ({reason}) at position {loc[-1]}" if reason else "not valid JSON")
+            continue
+        if loc and loc[-1] in ("bool", "int", "str", "none", "list[str]", "function-after[_exactly_one()]"):
+            loc = loc[:-1]
+        where = ".".join(loc) or "body"
+        message = error.get("msg", "invalid")
+        if len(loc) >= 4 and loc[:2] == ["body", "entities"]:
+            message = "entity values must be JSON integers, strings or booleans"
+        out.setdefault(where, message.removeprefix("Value error, "))
+    return [{"field": k, "message": v} for k, v in out.items()]
+
+
+def _install_error_handlers(app: FastAPI, metrics: _Metrics) -> None:
+    def error(request: Request, status: int, kind: str, message: str, hint: str | None = None,
+              **extra: Any) -> Response:
+        metrics.errors.labels(kind).inc()
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return _json({"error": {"type": kind, "message": message, "hint": hint, "request_id": _request_id(request),
+                                **extra}}, status, headers=headers)
+
+    async def parity_error(request: Request, exc: Exception) -> Response:
+        for cls, status, kind in ERRORS:
+            if isinstance(exc, cls):
+                return error(request, status, kind, str(exc), getattr(exc, "hint", None))
+        log.error("request %s failed: %s", _request_id(request), exc, exc_info=exc)
+        return error(request, 500, "internal", "internal error")
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        fields = _field_errors(exc)  # type: ignore[arg-type]
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+        return error(request, 422, "validation", f"invalid request: {summary}",
+                     'e.g. {"service": "home_feed_ranking", "entities": {"user_id": [1], "video_id": [10, 11]}}',
+                     fields=fields)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        message = str(getattr(exc, "detail", "")) or kind.replace("_", " ")
+        hint = None
+        if status in (404, 405):
+            message = f"{message}: {request.method} {request.url.path}"
+            hint = "endpoints: POST /v1/features, GET /v1/health, GET /metrics, GET /openapi.json"
+        return error(request, status, kind, message, hint)
+
+    app.add_exception_handler(ParityError, parity_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+class _Observe:
+    """Outermost ASGI layer: assigns the request id (``X-Request-Id`` or a uuid4 hex), echoes
+    it, counts requests by endpoint and code, and turns any unhandled exception into a JSON
+    500 without a traceback (the traceback goes to the log)."""
+
+    def __init__(self, app: Any, metrics: _Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status, started = 500, False
+
+        async def observed_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception:
+            log.exception("request %s failed", rid)
+            self.metrics.errors.labels("internal").inc()
+            if started:
+                raise
+            await _json({"error": {"type": "internal", "message": "internal error", "request_id": rid}},
+                        500)(scope, receive, observed_send)
+        finally:
+            path = scope.get("path", "")
+            self.metrics.requests.labels(path if path in ENDPOINTS else "other", str(status)).inc()
+
+
+# -- the app ------------------------------------------------------------------------------
+
+def _iso(value: Any) -> Any:
+    return from_micros(value) if type(value) is int else value
+
+
+def _column(values: list, dtype: str) -> list:
+    """Timestamp values (datetimes, or µs ints inside lists) as datetimes orjson renders ISO."""
+    if dtype == "timestamp":
+        return [_iso(v) for v in values]
+    if dtype == "list<timestamp>":
+        return [None if v is None else [_iso(x) for x in v] for v in values]
+    return values
+
+
+def _feature_set(service: str | None, features: list[str] | None) -> str:
+    if service is not None:
+        return service
+    return "adhoc-" + hashlib.sha1("\n".join(sorted(features or ())).encode()).hexdigest()[:12]
+
+
+def create_app(reader: OnlineReader, *, tokens: list[str], require_auth: bool,
+               feature_logger: FeatureLogger | None = None, project: str) -> FastAPI:
+    """The serving app for ``reader``. When ``require_auth`` or ``tokens`` are given, every
+    endpoint but ``/v1/health`` needs ``Authorization: Bearer <token>``. A ``feature_logger``
+    gets every answered request after the response is sent, and is closed on shutdown."""
+    auth_on = bool(require_auth or tokens)
+    if auth_on and not tokens:
+        raise ConfigError("authentication is required but no token is configured",
+                          hint="set serving.auth_tokens or PARITY_AUTH_TOKENS")
+    protected = [Depends(_authorizer(tokens))] if auth_on else []
+    metrics = _Metrics(reader, feature_logger)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if feature_logger is not None:
+            feature_logger.close()
+
+    app = FastAPI(title=f"Parity online features ({project})", version="1", lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None,
+                  description="Feature vectors at request time, with a status and an age per value. "
+                              + ("Every endpoint but /v1/health needs a bearer token." if auth_on else ""))
+    _install_error_handlers(app, metrics)
+    errors = error_responses(auth_on)
+
+    def answer(body: FeaturesRequest, rid: str) -> Response:
+        features = list(body.features) if body.features is not None else None
+        started = time.perf_counter()
+        try:
+            result = reader.get_online_features(body.entities, service=body.service, features=features)
+        except Exception as exc:
+            import redis
+
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                raise OnlineStoreUnavailable(f"online store (Redis) unreachable: {exc}",
+                                             hint="check online_store.connection_string") from None
+            raise
+        finally:
+            metrics.lookup.observe(time.perf_counter() - started)
+        resolved = reader.resolve(body.service, features)
+        columns = {}
+        for item in resolved:
+            name = item.output_name
+            dtype = result.dtypes[name]
+            column = {"dtype": dtype, "values": _column(result.values[name], dtype), "status": result.status[name],
+                      "age_ms": result.age_ms[name]}
+            if item.feature.default is not None:
+                column["defaulted"] = result.defaulted[name]
+            columns[name] = column
+        background = None
+        if feature_logger is not None:
+            background = BackgroundTask(_log, feature_logger, rid, body, features, result, resolved)
+        return _json({"request_id": rid, "now": from_micros(result.now_us), "rows": result.rows,
+                      "features": columns}, background=background)
+
+    @app.post("/v1/features", dependencies=protected, response_model=None, tags=["features"],
+              summary="Feature vectors for entities at request time",
+              responses={200: {"model": FeaturesResponse, "description": "values, statuses and ages per feature"},
+                         **errors})
+    def get_features(request: Request, body: FeaturesRequest = Body(openapi_examples={
+            "service": {"summary": "a feature service for 1 user and 3 candidate videos",
+                        "value": {"service": "home_feed_ranking", "entities": {"user_id": [1],
+                                                                               "video_id": [10, 11, 12]}}},
+            "features": {"summary": "feature references",
+                         "value": {"features": ["user_engagement:plays_1h", "user_engagement@2:*"],
+                                   "entities": {"user_id": [1, 2]}}}}),
+            x_request_id: str | None = Header(default=None, pattern=REQUEST_ID_PATTERN,
+                                              description="echoed as request_id (default: a uuid4 hex)")) -> Response:
+        return answer(body, _request_id(request))
+
+    @app.get("/v1/health", response_model=None, tags=["operations"], summary="Liveness and Redis reachability",
+             responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse,
+                                                              "description": "Redis is unreachable"}})
+    def health() -> Response:
+        try:
+            reader.client.ping()
+        except Exception as exc:  # any failure to PING is "unavailable"; the reason is in the body
+            return _json({"status": "unavailable", "redis": "unreachable",
+                          "message": f"online store (Redis) unreachable: {type(exc).__name__}: {exc}"}, 503)
+        return _json({"status": "ok", "redis": "ok"})
+
+    @app.get("/metrics", dependencies=protected, response_class=Response, tags=["operations"],
+             summary="Prometheus metrics", responses={200: {"content": {"text/plain": {}}}, **(
+                 {401: errors[401]} if auth_on else {})})
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=protected, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+    app.add_middleware(_Observe, metrics=metrics)
+    app.state.metrics = metrics
+    return app
+
+
+async def _log(feature_logger: FeatureLogger, rid: str, body: FeaturesRequest, features: list[str] | None,
+               result: Any, resolved: list) -> None:
+    """Hand the answered request to the feature logger (non-blocking; failures are logged)."""
+    try:
+        rows = result.rows
+        keys: dict[str, tuple[str, list]] = {}
+        for item in resolved:
+            for key, dtype in item.entity.join_keys.items():
+                if key not in keys:
+                    values = body.entities[key]
+                    keys[key] = (dtype, values * rows if len(values) == 1 and rows > 1 else list(values))
+        feature_logger.log(request_id=rid, now_us=result.now_us, feature_set=_feature_set(body.service, features),
+                           keys=keys, columns=[LoggedColumn(n, result.dtypes[n]) for n in result.names],
+                           values=result.values, statuses=result.status, ages_ms=result.age_ms)
+    except Exception:
+        log.exception("feature log: request %s not logged", rid)
