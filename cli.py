@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(serving.auth_tokens or PARITY_AUTH_TOKENS, comma-separated) unless serving.require_auth is "
                        "false.",
                        epilog="examples:\n  parity serve\n  PARITY_AUTH_TOKENS=s3cret parity serve --host 0.0.0.0 "
-                              "--workers 4\n  curl -s localhost:8666/v1/features -d '{\"service\": "
+                              "--workers 4\n  curl -s localhost:8666/v1/features -H 'content-type: application/json' -d '{\"service\": "
                               "\"home_feed_ranking\", \"entities\": {\"user_id\": [1], \"video_id\": [10, 11]}}'")
     p.add_argument("--config", default=os.environ.get("PARITY_CONFIG", "feature_store.yaml"),
                    help="feature_store.yaml or the folder holding it (default: ./feature_store.yaml, or $PARITY_CONFIG)")
