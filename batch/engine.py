@@ -40,16 +40,20 @@ def default_memory_limit() -> str:
     return f"{min(DEFAULT_MEMORY_CAP, ram // 2) // 10**6}MB"
 
 
-def connect(memory_limit: str | None = None, threads: int | None = None, temp_directory: str | Path | None = None):
+def connect(memory_limit: str | None = None, threads: int | None = None, temp_directory: str | Path | None = None,
+            *, capped: bool = True):
     """A DuckDB connection for batch work (out of core: spills to ``temp_directory``).
 
-    With no ``memory_limit``, :func:`default_memory_limit` applies.
+    With no ``memory_limit``, :func:`default_memory_limit` applies when ``capped``, else
+    DuckDB's own default (the backfill: its ``last_k`` aggregate states cannot spill, and
+    at 50M events they do not fit in 8 GB).
     """
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
-    con.execute(f"SET memory_limit = '{memory_limit or default_memory_limit()}'")
+    if memory_limit or capped:
+        con.execute(f"SET memory_limit = '{memory_limit or default_memory_limit()}'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if temp_directory:
