@@ -65,12 +65,12 @@ class FeatureStore:
     def resolve(self, *, features: Sequence[str] | None = None, service: str | None = None) -> list[ResolvedFeature]:
         return resolve(self.definitions, service=service, features=features)
 
-    def _connect(self):
+    def _connect(self, capped: bool = True):
         from parity.batch.engine import connect
 
         batch = self.config.batch
         temp = self.config.path(batch.temp_directory) if batch.temp_directory else None
-        return connect(batch.memory_limit, batch.threads, temp)
+        return connect(batch.memory_limit, batch.threads, temp, capped=capped)
 
     def get_training_set(self, spine: Any, *, features: Sequence[str] | None = None, service: str | None = None,
                          mode: str = "event_time", timestamp_column: str = "ts", progress: bool = False,
@@ -113,7 +113,7 @@ class FeatureStore:
         """Compute tiles for ``[start, end)`` from the offline log (idempotent per date)."""
         from parity.batch.backfill import backfill
 
-        con = self._connect()
+        con = self._connect(capped=False)
         try:
             return backfill(con, self.definitions, self.tiles_root, self.scan_sql, start, end, views, progress)
         finally:

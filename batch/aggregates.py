@@ -34,12 +34,15 @@ class AggSpec:
     ``partials(col, where, f)`` -> list of (suffix, aggregate SQL over events);
     ``combine(p, f)`` -> the same partials, aggregated over partial rows (coarser tiles);
     ``merge(p, f, flt)`` -> SQL over partial rows, where ``p(suffix)`` names a partial column
-    and ``flt`` is the ``FILTER (WHERE ...)`` clause selecting the window's partials.
+    and ``flt`` is the ``FILTER (WHERE ...)`` clause selecting the window's partials;
+    ``value(p, f)`` -> what ``merge`` gives when a window has exactly one partial row: a
+    plain expression over that row's partial columns (no aggregate, so no GROUP BY).
     """
 
     partials: Callable[[str | None, str, Feature], list[tuple[str, str]]]
     combine: Callable[[Callable[[str], str], Feature], list[tuple[str, str]]]
     merge: Callable[[Callable[[str], str], Feature, str], str]
+    value: Callable[[Callable[[str], str], Feature], str]
 
 
 def _nonnull(col: str | None, where: str) -> str:
@@ -51,32 +54,38 @@ AGGREGATES: dict[str, AggSpec] = {
         lambda col, w, f: [("c", f"count({col or '*'}) FILTER (WHERE {w})")],
         lambda p, f: [("c", f"sum({p('c')})::BIGINT")],
         lambda p, f, flt: f"coalesce(sum({p('c')}) {flt}, 0)::BIGINT",
+        lambda p, f: f"coalesce({p('c')}, 0)::BIGINT",
     ),
     "sum": AggSpec(
         lambda col, w, f: [("s", f"sum({col}) FILTER (WHERE {w})")],
         lambda p, f: [("s", f"sum({p('s')})")],
         lambda p, f, flt: f"sum({p('s')}) {flt}",
+        lambda p, f: p("s"),
     ),
     "mean": AggSpec(
         lambda col, w, f: [("s", f"sum({col}::DOUBLE) FILTER (WHERE {w})"), ("c", f"count({col}) FILTER (WHERE {w})")],
         lambda p, f: [("s", f"sum({p('s')})"), ("c", f"sum({p('c')})::BIGINT")],
         lambda p, f, flt: f"(sum({p('s')}) {flt}) / nullif(sum({p('c')}) {flt}, 0)",
+        lambda p, f: f"{p('s')} / nullif({p('c')}, 0)",
     ),
     "min": AggSpec(
         lambda col, w, f: [("m", f"min({col}) FILTER (WHERE {w})")],
         lambda p, f: [("m", f"min({p('m')})")],
         lambda p, f, flt: f"min({p('m')}) {flt}",
+        lambda p, f: p("m"),
     ),
     "max": AggSpec(
         lambda col, w, f: [("m", f"max({col}) FILTER (WHERE {w})")],
         lambda p, f: [("m", f"max({p('m')})")],
         lambda p, f, flt: f"max({p('m')}) {flt}",
+        lambda p, f: p("m"),
     ),
     "last": AggSpec(
         lambda col, w, f: [("k", f"max({ORDER_KEY}) FILTER (WHERE {_nonnull(col, w)})"),
                            ("v", f"arg_max({col}, {ORDER_KEY}) FILTER (WHERE {_nonnull(col, w)})")],
         lambda p, f: [("k", f"max({p('k')})"), ("v", f"arg_max({p('v')}, {p('k')})")],
         lambda p, f, flt: f"arg_max({p('v')}, {p('k')}) {flt}",
+        lambda p, f: p("v"),
     ),
     "last_k": AggSpec(
         lambda col, w, f: [("l", f"arg_max({{'k': {ORDER_KEY}, 'v': {col}}}, {ORDER_KEY}, {f.k}) "
@@ -85,6 +94,7 @@ AGGREGATES: dict[str, AggSpec] = {
                             f"'DESC'), 1, {f.k})")],
         lambda p, f, flt: (f"list_transform(list_slice(list_sort(flatten(list({p('l')}) {flt}), 'DESC'), 1, {f.k}), "
                            f"lambda x: x.v)"),
+        lambda p, f: f"list_transform(list_slice(list_sort({p('l')}, 'DESC'), 1, {f.k}), lambda x: x.v)",
     ),
 }
 

@@ -104,13 +104,20 @@ def _backfill_resolution(con, defs, root, scan_of, view, res, first_day, last_da
     target = view_dir(root, view) / f"res={format_duration(res)}"
     staging = target.parent / f".staging-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
+    raw_keys = ", ".join(q("__k_" + k) for k in entity.join_keys)
+    # group by the keys and the tile only: the timestamp and the date label are derived
+    # from the tile after aggregating (as GROUP BY ALL keys they cost a wider hash key)
+    columns = partial_columns(defs, view)
+    names = ", ".join(c.rsplit(" AS ", 1)[1] for c in columns)
     sql = f"""
         SELECT {keys}, make_timestamp(__tile) AS tile_start,
-               strftime(make_timestamp({floor_sql('__tile', DAY)}), '%Y-%m-%d') AS date,
-               {', '.join(partial_columns(defs, view))}
-        FROM (SELECT *, {floor_sql('__ts', res)} AS __tile FROM ({events_sql(defs, view, scan_of(view.source))}))
-        WHERE __ts >= {first_day} AND __ts < {end_us}
-        GROUP BY ALL
+               strftime(make_timestamp({floor_sql('__tile', DAY)}), '%Y-%m-%d') AS date, {names}
+        FROM (
+            SELECT {raw_keys}, __tile, {', '.join(columns)}
+            FROM (SELECT *, {floor_sql('__ts', res)} AS __tile FROM ({events_sql(defs, view, scan_of(view.source))}))
+            WHERE __ts >= {first_day} AND __ts < {end_us}
+            GROUP BY {raw_keys}, __tile
+        )
     """
     try:
         con.execute(f"COPY ({sql}) TO '{str(staging).replace(chr(39), chr(39) * 2)}' "

@@ -22,14 +22,38 @@ class Phases:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-def connect(memory_limit: str | None = None, threads: int | None = None, temp_directory: str | Path | None = None):
-    """A DuckDB connection for batch work (out of core: spills to ``temp_directory``)."""
+DEFAULT_MEMORY_CAP = 10 * 10**9  # bytes: the default memory limit is at most 10 GB (9.3 GiB)
+
+
+def default_memory_limit() -> str:
+    """``batch.memory_limit`` when none is set: half the machine's RAM, at most 10 GB.
+
+    DuckDB's own default (80% of RAM) leaves nothing for the Arrow results, the Python
+    process and whatever else runs on the machine; out-of-core work spills past the limit.
+    """
+    import os
+
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 2 * DEFAULT_MEMORY_CAP
+    return f"{min(DEFAULT_MEMORY_CAP, ram // 2) // 10**6}MB"
+
+
+def connect(memory_limit: str | None = None, threads: int | None = None, temp_directory: str | Path | None = None,
+            *, capped: bool = True):
+    """A DuckDB connection for batch work (out of core: spills to ``temp_directory``).
+
+    With no ``memory_limit``, :func:`default_memory_limit` applies when ``capped``, else
+    DuckDB's own default (the backfill: its ``last_k`` aggregate states cannot spill, and
+    at 50M events they do not fit in 8 GB).
+    """
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if memory_limit or capped:
+        con.execute(f"SET memory_limit = '{memory_limit or default_memory_limit()}'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if temp_directory:
@@ -110,7 +134,7 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=group_count(resolved) + 2, desc="training set", unit="step")
+        bar = tqdm(total=group_count(resolved, mode, defs) + 2, desc="training set", unit="step")
     started = time.perf_counter()
     table = register_spine(con, spine)
     columns = prepare_spine(con, defs, resolved, table, timestamp_column)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from parity.batch.aggregates import feature_partials, finish, q, spec_of
+from parity.batch.prefix import PrefixGroup, prefix_eligible, prefix_sql
 from parity.errors import ParityError
 from parity.registry.durations import DAY, parse_duration
 from parity.registry.expr import infer_type, parse, render_sql
@@ -51,16 +52,30 @@ class Group:
     features: list[tuple[ResolvedFeature, int | None]]  # (feature, window length; None = lifetime/latest)
 
 
-def plan_groups(resolved: Iterable[ResolvedFeature]) -> list[Group]:
-    groups: dict[tuple[str, int, int], Group] = {}
+def plan_groups(resolved: Iterable[ResolvedFeature], mode: str = "as_served",
+                defs: Definitions | None = None) -> list[Group | PrefixGroup]:
+    """Groups of features computed together.
+
+    In event-time mode, counts and integer sums/means of a view form one prefix-sum group
+    (:mod:`parity.batch.prefix`). The rest share tile pyramids per (view, tile size). (A
+    pyramid's cost is mostly its structure, not its features: a ``last_k`` in a group of
+    its own doubles the pyramid work, so it stays with the view's other tiled features.)
+    """
+    groups: dict[tuple, Group | PrefixGroup] = {}
     for item in resolved:
         window = feature_window(item.view, item.feature)
+        view_key = (item.view.name, item.view.version)
+        if mode == "event_time" and defs is not None and window is not None \
+                and prefix_eligible(item.feature, view_schema(defs, item.view)):
+            group = groups.setdefault((*view_key, "prefix"), PrefixGroup(item.view, []))
+            group.features.append((item, window))
+            continue
         if window is None or window.is_lifetime:
             tile, length = UNBOUNDED, None
         else:
             tile, length = window.hop, window.length
-        key = (item.view.name, item.view.version, tile)
-        groups.setdefault(key, Group(item.view, tile, [])).features.append((item, length))
+        group = groups.setdefault((*view_key, tile), Group(item.view, tile, []))
+        group.features.append((item, length))
     return list(groups.values())
 
 
@@ -96,7 +111,7 @@ def levels_for(length: int, h: int) -> int:
 
 
 def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str,
-              chunks: int = 1) -> tuple[list[str], list[str]]:
+              chunks: int = 1, points: str | None = None) -> tuple[list[str], list[str]]:
     """Statements that build the group's tile pyramid, and the SELECT of its values.
 
     The SELECT has one row per distinct (entity keys, t) of the spine. Complete tiles of a
@@ -117,6 +132,7 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
     combines: list[str] = []
     names: list[str] = []
     merges: list[str] = []
+    singles: list[str] = []  # the same values from exactly one partial row (the UNBOUNDED group)
     for index, (item, length) in enumerate(group.features):
         spec = spec_of(item.feature)
         column = (lambda suffix, i=index: f"__f{i}_{suffix}")
@@ -128,31 +144,40 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
         flt = f"FILTER (WHERE (__w = {window_id[length]} OR __w IS NULL) AND __start >= {start})"
         merged = spec.merge(column, item.feature, flt)
         column_dtype = schema.get(item.feature.column) if item.feature.column else None
+        single = spec.value(column, item.feature)
         if item.feature.window is None:  # latest value: the last event before t, if younger than ttl
             ttl = parse_duration(item.feature.ttl)
             merged = f"CASE WHEN (max(__f{index}_k) {flt}).ts >= __t - {ttl} THEN {merged} END"
             merges.append(f"({merged})::{DUCKDB_TYPES[column_dtype]} AS {q(item.output_name)}")
+            single = f"CASE WHEN (__f{index}_k).ts >= __t - {ttl} THEN {single} END"
+            singles.append(f"({single})::{DUCKDB_TYPES[column_dtype]} AS {q(item.output_name)}")
         else:
             merges.append(f"{finish(item.feature.agg, merged, column_dtype)} AS {q(item.output_name)}")
+            singles.append(f"{finish(item.feature.agg, single, column_dtype)} AS {q(item.output_name)}")
 
-    ev, tiles, points = f"{prefix}_ev", f"{prefix}_tiles", f"{prefix}_points"
+    ev, tiles = f"{prefix}_ev", f"{prefix}_tiles"
     pick = ", ".join(f"p.{k}" for k in keys)
     on_keys = " AND ".join(f"e.{k} = p.{k}" for k in keys)
     # every partial as a running aggregate over the window __win of the statement using it
     running = ", ".join(f"{sql.rsplit(' AS ', 1)[0]} OVER __win AS {name}" for sql, name in zip(partials, names))
     # the instant from which an event counts at t: ts < t, and (as served) visible at t
     counts_from = "__ts + 1" if mode == "event_time" else "greatest(__ts + 1, __vis)"
-    setup = [f"CREATE OR REPLACE TEMP TABLE {points} AS SELECT *, hash({key_list}, __t) % {chunks} AS __chunk "
-             f"FROM (SELECT DISTINCT {key_list}, __t FROM __spine)"]
+    setup: list[str] = []
+    if points is None:
+        points = f"{prefix}_points"
+        setup.append(points_sql(points, key_list, chunks))
     if h == UNBOUNDED:
+        # one running row per (entity, __g) run, read at t by one ASOF join: exactly one
+        # partial row per point, so no merge (no GROUP BY)
         history = f"{prefix}_history"
         setup.append(f"CREATE OR REPLACE TEMP TABLE {history} AS SELECT {key_list}, __g, {running} FROM "
-                     f"(SELECT *, {counts_from} AS __g FROM ({events_sql(defs, group.view, scan)})) "
+                     f"(SELECT *, {counts_from} AS __g FROM ({events_sql(defs, group.view, scan)}) "
+                     f"WHERE {' AND '.join(k + ' IS NOT NULL' for k in keys)}) "
                      f"WINDOW __win AS (PARTITION BY {key_list} ORDER BY __g)")
-        parts = [f"SELECT {pick}, p.__t, NULL AS __w, {LIFETIME_START} AS __start, "
-                 f"{', '.join('e.' + n for n in names)} FROM {points} p ASOF JOIN {history} e "
-                 f"ON {on_keys} AND p.__t >= e.__g"]
-        return setup, _merge_selects(setup, parts, prefix, key_list, points, merges, chunks)
+        # (peers, rows with equal __g, hold equal running values: any one will do)
+        select = (f"SELECT {pick}, p.__t, {', '.join(singles)} FROM {points} p ASOF LEFT JOIN {history} e "
+                  f"ON {on_keys} AND p.__t >= e.__g")
+        return setup, [select]
     prompt = "TRUE" if mode == "event_time" else f"__vis < __tile + {h}"
     setup += [
         f"CREATE OR REPLACE TEMP TABLE {ev} AS SELECT *, {floor_sql('__ts', h)} AS __tile "
@@ -214,6 +239,12 @@ def group_sql(defs: Definitions, group: Group, scan: str, mode: str, prefix: str
     return setup, _merge_selects(setup, parts, prefix, key_list, points, merges, chunks)
 
 
+def points_sql(points: str, key_list: str, chunks: int) -> str:
+    """The distinct (entity keys, t) of the spine, each with its merge chunk."""
+    return (f"CREATE OR REPLACE TEMP TABLE {points} AS SELECT *, hash({key_list}, __t) % {chunks} AS __chunk "
+            f"FROM (SELECT DISTINCT {key_list}, __t FROM __spine)")
+
+
 def _merge_selects(setup: list[str], parts: list[str], prefix: str, key_list: str, points: str,
                    merges: list[str], chunks: int) -> list[str]:
     """Materialise the partial rows; return the SELECTs merging them, one per chunk of points.
@@ -254,14 +285,19 @@ def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine
                 raise SpineError(f"the spine has no column {key!r}, the join key of entity {item.entity.name} "
                                  f"needed by {item.ref}", hint=f"add {key!r} to the spine")
             key_exprs[key] = f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) AS {q('__k_' + key)}"
-    bad = con.execute(f"SELECT count(*) FILTER (WHERE {q(timestamp_column)} IS NULL) FROM {spine_table}").fetchall()[0][0]
+    # every check in one scan of the spine
+    checks = [f"count(*) FILTER (WHERE {q(timestamp_column)} IS NULL)"]
+    dtypes = {}
+    for key in key_exprs:
+        dtypes[key] = next(i.entity.join_keys[key] for i in resolved if key in i.entity.join_keys)
+        checks.append(f"count(*) FILTER (WHERE {q(key)} IS NOT NULL AND "
+                      f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtypes[key]]}) IS NULL)")
+    bad, *wrongs = con.execute(f"SELECT {', '.join(checks)} FROM {spine_table}").fetchall()[0]
     if bad:
         raise SpineError(f"{bad} spine rows have a null {timestamp_column!r}", hint="drop or fill them")
-    for key in key_exprs:
-        dtype = next(i.entity.join_keys[key] for i in resolved if key in i.entity.join_keys)
-        wrong = con.execute(f"SELECT count(*) FROM {spine_table} WHERE {q(key)} IS NOT NULL AND "
-                            f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) IS NULL").fetchall()[0][0]
+    for key, wrong in zip(key_exprs, wrongs):
         if wrong:
+            dtype = dtypes[key]
             raise SpineError(f"{wrong} spine values of {key!r} are not {dtype}", hint=f"cast {key!r} to {dtype}")
     extra = ", ".join(key_exprs.values())
     con.execute(f"CREATE OR REPLACE TEMP TABLE __spine AS SELECT *, {extra}{',' if extra else ''} "
@@ -281,11 +317,24 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
         raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
     joins = []
     outputs = []
-    for index, group in enumerate(plan_groups(resolved)):
-        setup, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}", chunks)
-        relation = step(f"{group.view.name} v{group.view.version} ({len(group.features)} features)", setup, sql)
-        alias = f"g{index}"
+    points_of: dict[str, tuple[str, list[str]]] = {}  # entity -> its points table, made once
+    for index, group in enumerate(plan_groups(resolved, mode, defs)):
         keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
+        setup: list[str] = []
+        if group.view.entity not in points_of:
+            points = f"__points{len(points_of)}"
+            setup.append(points_sql(points, ", ".join(keys), chunks))
+            points_of[group.view.entity] = points
+        points = points_of[group.view.entity]
+        if isinstance(group, PrefixGroup):
+            more, sql = prefix_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), points,
+                                   f"__g{index}", floor_sql)
+            name = f"{group.view.name} v{group.view.version} running totals ({len(group.features)} features)"
+        else:
+            more, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}", chunks, points)
+            name = f"{group.view.name} v{group.view.version} ({len(group.features)} features)"
+        relation = step(name, setup + more, sql)
+        alias = f"g{index}"
         on = " AND ".join([f"{alias}.{k} IS NOT DISTINCT FROM s.{k}" for k in keys] + [f"{alias}.__t = s.__t"])
         joins.append(f"LEFT JOIN {relation} {alias} ON {on}")
         outputs += [f"{alias}.{q(item.output_name)}" for item, _ in group.features]
@@ -295,8 +344,8 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
     return f"SELECT {user}, {', '.join(outputs)} FROM __spine s {' '.join(joins)} ORDER BY s.__row"
 
 
-def group_count(resolved: list[ResolvedFeature]) -> int:
-    return len(plan_groups(resolved))
+def group_count(resolved: list[ResolvedFeature], mode: str = "as_served", defs: Definitions | None = None) -> int:
+    return len(plan_groups(resolved, mode, defs))
 
 
 __all__ = ["training_set_sql", "prepare_spine", "group_sql", "plan_groups", "SpineError", "MODES",

@@ -21,7 +21,8 @@ def F(name, agg, **kw):
 
 
 VIEWS = [
-    FeatureView(name="u", entity="user", source="ev", owner="t", derived={"big": "amount >= 50"}, features=[
+    FeatureView(name="u", entity="user", source="ev", owner="t", derived={"big": "amount >= 50", "twice": "amount * 2"},
+                features=[
         F("n_10m", "count", window="10m"),
         F("amount_a_1h", "sum", column="amount", window="1h", where="kind = 'a'"),
         F("score_sum_1h", "sum", column="score", window="1h"),
@@ -32,6 +33,10 @@ VIEWS = [
         F("amount_last3_1h", "last_k", column="amount", k=3, window="1h"),
         F("amounts_nonnull_12h", "count", column="amount", window="12h"),
         F("n_lifetime", "count", window="lifetime"),
+        # integer means and sums of derived columns: running totals in event-time mode
+        F("amount_mean_24h", "mean", column="amount", window="24h", where="kind != 'a'"),
+        F("twice_sum_7d", "sum", column="twice", window="7d", where="big"),
+        F("amount_sum_lifetime", "sum", column="amount", window="lifetime", where="kind IS NULL"),
         F("kind_latest", "last", column="kind", ttl="2h"),
         F("score_latest", "last", column="score", ttl="30m"),
     ]),
