@@ -162,6 +162,8 @@ class OnlineReader:
         self.max_entities = max_entities
         self._read = client.register_script(READ_SCRIPT)
         self._slow = client.register_script(SLOW_SCRIPT)
+        self._scripts_loaded = False
+        self._window_cache: dict[tuple, tuple] = {}
         self._layouts: dict[tuple[str, int], ViewLayout] = {}
         self._resolved: dict[Any, list[ResolvedFeature]] = {}
         self.stats = Stats()
@@ -258,33 +260,55 @@ class OnlineReader:
 
     # -- reading ------------------------------------------------------------------------
     def _fetch(self, work, now: int) -> list:
+        """One pipelined round trip: an EVALSHA of the read script per view (the script is
+        loaded once; redis-py's Script objects would add a SCRIPT EXISTS round trip)."""
         import redis
 
-        pipe = self.client.pipeline(transaction=False)
-        for view, layout, items, unique, _rows in work:
-            prefix = view_prefix(self.project, view.name, view.version)
-            keys = [meta_key(prefix)] + [entity_key(prefix, code) for code in unique]
-            self._read(keys=keys, args=self._read_args(layout, items, prefix, now), client=pipe)
+        def run():
+            if not self._scripts_loaded:
+                self.client.script_load(READ_SCRIPT)
+                self.client.script_load(SLOW_SCRIPT)
+                self._scripts_loaded = True
+            pipe = self.client.pipeline(transaction=False)
+            for view, layout, items, unique, _rows in work:
+                prefix = view_prefix(self.project, view.name, view.version)
+                keys = [meta_key(prefix)] + [entity_key(prefix, code) for code in unique]
+                pipe.evalsha(self._read.sha, len(keys), *keys, *self._read_args(layout, items, prefix, now))
+            return pipe.execute()
+
         try:
-            replies = pipe.execute()
+            try:
+                replies = run()
+            except redis.exceptions.NoScriptError:  # the server restarted or was flushed of scripts
+                self._scripts_loaded = False
+                replies = run()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._scripts_loaded = False
             raise OnlineStoreUnavailable(f"online store (Redis) unreachable: {exc}",
                                          hint="check online_store.connection_string") from None
         self.stats.round_trips += 1
         return replies
 
+    def _shape(self, layout: ViewLayout, items: list[ResolvedFeature]) -> tuple:
+        """(windows, want_complex, want_latest) of a view's requested features (cached)."""
+        key = (id(layout), tuple(i.output_name for i in items))
+        found = self._window_cache.get(key)
+        if found is None:
+            windows: list = []
+            for item in items:
+                window = layout_window(layout, item)
+                if window is not None and window not in windows:
+                    windows.append(window)
+            want_complex = any(layout_window(layout, i) is not None and _complex(layout, i) for i in items)
+            want_latest = any(i.feature.window is None for i in items)
+            found = self._window_cache[key] = (tuple(windows), want_complex, want_latest)
+        return found
+
     def _windows(self, layout: ViewLayout, items: list[ResolvedFeature]):
-        windows = []
-        for item in items:
-            window = layout_window(layout, item)
-            if window is not None and window not in windows:
-                windows.append(window)
-        return tuple(windows)
+        return self._shape(layout, items)[0]
 
     def _read_args(self, layout: ViewLayout, items, prefix: bytes, now: int) -> list:
-        windows = self._windows(layout, items)
-        want_complex = any(layout_window(layout, i) is not None and _complex(layout, i) for i in items)
-        want_latest = any(i.feature.window is None for i in items)
+        windows, want_complex, want_latest = self._shape(layout, items)
         if windows:
             plan = plan_for(layout, windows, now)
             fields = list(plan.fields)
@@ -465,13 +489,11 @@ def _last_before(items: list[list], pos: int, now: int, layout: ViewLayout):
 
 
 def layout_window(layout: ViewLayout, item: ResolvedFeature):
-    from parity.registry.semantics import feature_window
-
-    return feature_window(layout.view, item.feature)
+    return layout.windows[item.feature.name]
 
 
 def _complex(layout: ViewLayout, item: ResolvedFeature) -> bool:
-    return any(c.feature.name == item.feature.name for c in layout.complex)
+    return item.feature.name in layout.complex_names
 
 
 def _decode_complex_columns(layout: ViewLayout, entry) -> dict:
@@ -550,9 +572,7 @@ def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail
 
 
 def layout_window_of(layout: ViewLayout, feature):
-    from parity.registry.semantics import feature_window
-
-    return feature_window(layout.view, feature)
+    return layout.windows[feature.name]
 
 
 def _extreme(slot, ints, floats, mask) -> list:

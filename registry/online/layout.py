@@ -95,6 +95,7 @@ class ViewLayout:
         self.resolutions = tile_resolutions(view)
         self.retention = retention(view)
         self.resolution_retention = resolution_retention(view)
+        self.windows = {f.name: feature_window(view, f) for f in view.features}  # None: latest value
         self.numeric: list[NumericFeature] = []
         self.complex: list[ComplexFeature] = []
         n_int, n_float = 2, 0
@@ -130,6 +131,7 @@ class ViewLayout:
         self.width = 8 * (n_int + n_float)
         self._struct = struct.Struct(f"<{n_int}q{n_float}d")
         self.zero = bytes(self.width)
+        self.complex_names = frozenset(c.feature.name for c in self.complex)
         self.latest = [c for c in self.complex if c.latest]
         self.windowed_complex = [c for c in self.complex if not c.latest]
 
