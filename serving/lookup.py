@@ -164,6 +164,7 @@ class OnlineReader:
         self._slow = client.register_script(SLOW_SCRIPT)
         self._scripts_loaded = False
         self._window_cache: dict[tuple, tuple] = {}
+        self._group_cache: dict[int, tuple] = {}
         self._layouts: dict[tuple[str, int], ViewLayout] = {}
         self._resolved: dict[Any, list[ResolvedFeature]] = {}
         self.stats = Stats()
@@ -189,10 +190,9 @@ class OnlineReader:
         resolved = self.resolve(service, features)
         rows = self._row_count(entities, resolved)
         now = self.clock() if now is None else int(now)
-        result = OnlineResult(now_us=now, rows=rows, names=[r.output_name for r in resolved])
-        by_view: dict[tuple[str, int], list[ResolvedFeature]] = {}
-        for item in resolved:
-            by_view.setdefault((item.view.name, item.view.version), []).append(item)
+        names, groups = self._groups(resolved)
+        result = OnlineResult(now_us=now, rows=rows, names=list(names))
+        by_view = {key: items for key, items in groups}
         work = []
         for items in by_view.values():
             view = items[0].view
@@ -216,6 +216,18 @@ class OnlineReader:
         self.stats.requests += 1
         self.stats.entities += rows
         return result
+
+    def _groups(self, resolved: list[ResolvedFeature]):
+        """(output names, [((view, version), items)]) of a resolved request (cached per list)."""
+        key = id(resolved)
+        found = self._group_cache.get(key)
+        if found is None or found[0] is not resolved:
+            by_view: dict[tuple[str, int], list[ResolvedFeature]] = {}
+            for item in resolved:
+                by_view.setdefault((item.view.name, item.view.version), []).append(item)
+            found = self._group_cache[key] = (resolved, tuple(r.output_name for r in resolved),
+                                              list(by_view.items()))
+        return found[1], found[2]
 
     # -- request checks ------------------------------------------------------------------
     def _row_count(self, entities: Mapping[str, Sequence[Any]], resolved: list[ResolvedFeature]) -> int:
@@ -291,9 +303,9 @@ class OnlineReader:
 
     def _shape(self, layout: ViewLayout, items: list[ResolvedFeature]) -> tuple:
         """(windows, want_complex, want_latest) of a view's requested features (cached)."""
-        key = (id(layout), tuple(i.output_name for i in items))
+        key = (id(layout), id(items))
         found = self._window_cache.get(key)
-        if found is None:
+        if found is None or found[3] is not items:
             windows: list = []
             for item in items:
                 window = layout_window(layout, item)
@@ -301,14 +313,24 @@ class OnlineReader:
                     windows.append(window)
             want_complex = any(layout_window(layout, i) is not None and _complex(layout, i) for i in items)
             want_latest = any(i.feature.window is None for i in items)
-            found = self._window_cache[key] = (tuple(windows), want_complex, want_latest)
+            meta = []
+            latest_positions = {c.feature.name: n for n, c in enumerate(layout.latest)}
+            for item in items:
+                feature = item.feature
+                agg = "last" if feature.window is None else feature.agg
+                dtype = layout.schema.get(feature.column) if feature.column else None
+                meta.append((item, item.output_name, feature, agg, output_dtype(agg, dtype),
+                             latest_positions.get(feature.name), parse_duration(feature.ttl) if feature.ttl else None,
+                             _complex(layout, item)))
+            found = self._window_cache[key] = (tuple(windows), want_complex, want_latest, items, meta,
+                                               frozenset(i.feature.name for i in items))
         return found
 
     def _windows(self, layout: ViewLayout, items: list[ResolvedFeature]):
         return self._shape(layout, items)[0]
 
     def _read_args(self, layout: ViewLayout, items, prefix: bytes, now: int) -> list:
-        windows, want_complex, want_latest = self._shape(layout, items)
+        windows, want_complex, want_latest = self._shape(layout, items)[:3]
         if windows:
             plan = plan_for(layout, windows, now)
             fields = list(plan.fields)
@@ -329,33 +351,26 @@ class OnlineReader:
         stale = False
         if view.freshness_slo:
             stale = watermark is None or now - watermark > parse_duration(view.freshness_slo)
-        exists = np.array([e[0] == 1 for e in entries], dtype=bool)
-        windows = self._windows(layout, items)
+        exists_list = [e[0] == 1 for e in entries]
+        exists = np.array(exists_list, dtype=bool)
+        windows, _wc, _wl, _items, meta, wanted = self._shape(layout, items)
         merged = None
         if windows:
             plan = plan_for(layout, windows, now)
-            merged = _merge_numeric(layout, plan, entries, exists, use_tail, n_life, now,
-                                    {i.feature.name for i in items})
+            merged = _merge_numeric(layout, plan, entries, exists, use_tail, n_life, now, wanted)
         complex_cache: dict[int, list] = {}
         latest_cache: list | None = None
         ages_entity = merged["age"] if merged else [None] * len(entries)
+        present = "stale" if stale else "ok"
+        windowed_status = [present if e else "missing" for e in exists_list]
+        identity = len(encoded_rows) == len(entries) and all(u == r for r, u in enumerate(encoded_rows))
         slow_latest: dict[int, list] | None = None
-        for item in items:
-            name = item.output_name
-            feature = item.feature
-            agg = "last" if feature.window is None else feature.agg
-            dtype = layout.schema.get(feature.column) if feature.column else None
-            out_type = output_dtype(agg, dtype)
-            values_u: list = []
-            status_u: list[str] = []
-            age_u: list = []
+        for item, name, feature, agg, out_type, pos, ttl, is_complex in meta:
             if feature.window is None:
+                values_u, status_u, age_u = [], [], []
                 if latest_cache is None:
                     latest_cache = [layout.decode_complex(e[4], latest=True) if e[0] == 1 and e[4] else None
                                     for e in entries]
-                index = next(c.index for c in layout.latest if c.feature.name == feature.name)
-                pos = [c.index for c in layout.latest].index(index)
-                ttl = parse_duration(feature.ttl)
                 for u, latest in enumerate(latest_cache):
                     partial = latest[pos] if latest else None
                     if partial is not None and partial[0][0] >= now:
@@ -377,32 +392,36 @@ class OnlineReader:
                         age_u.append((now - partial[0][0]) / 1000.0)
                     else:
                         values_u.append(partial[1])
-                        status_u.append("stale" if stale else "ok")
+                        status_u.append(present)
                         age_u.append((now - partial[0][0]) / 1000.0)
             else:
-                if _complex(layout, item):
+                if is_complex:
                     values_u = self._complex_values(layout, plan_for(layout, windows, now), item, entries, exists,
                                                     use_tail, n_life, complex_cache, now)
                 else:
                     values_u = merged["values"][feature.name]
-                for u in range(len(entries)):
-                    if not exists[u]:
-                        status_u.append("missing")
-                    else:
-                        status_u.append("stale" if stale else "ok")
-                    age_u.append(ages_entity[u])
+                status_u, age_u = windowed_status, ages_entity
             if out_type == "timestamp":
                 values_u = [from_micros(v) if isinstance(v, int) else v for v in values_u]
-            defaulted_u = [False] * len(values_u)
+            defaulted_u = None
             if feature.default is not None:
+                values_u = list(values_u)
+                defaulted_u = [False] * len(values_u)
                 for u, st in enumerate(status_u):
                     if st in ("missing", "expired"):
                         values_u[u] = feature.default
                         defaulted_u[u] = True
-            result.values[name] = [values_u[u] for u in encoded_rows]
-            result.status[name] = [status_u[u] for u in encoded_rows]
-            result.age_ms[name] = [age_u[u] for u in encoded_rows]
-            result.defaulted[name] = [defaulted_u[u] for u in encoded_rows]
+            if identity:
+                result.values[name] = values_u
+                result.status[name] = status_u
+                result.age_ms[name] = age_u
+                result.defaulted[name] = defaulted_u if defaulted_u is not None else [False] * len(values_u)
+            else:
+                result.values[name] = [values_u[u] for u in encoded_rows]
+                result.status[name] = [status_u[u] for u in encoded_rows]
+                result.age_ms[name] = [age_u[u] for u in encoded_rows]
+                result.defaulted[name] = ([defaulted_u[u] for u in encoded_rows] if defaulted_u is not None
+                                          else [False] * len(encoded_rows))
             result.dtypes[name] = out_type
 
     def _complex_values(self, layout, plan, item, entries, exists, use_tail, n_life, cache, now) -> list:
@@ -546,10 +565,11 @@ def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail
     values: dict[str, list] = {}
     sums_i = [ints[:, m, :].sum(axis=1) for m in masks]
     sums_f = [floats[:, m, :].sum(axis=1) for m in masks]
+    window_index = {window: w for w, window in enumerate(plan.windows)}
     for slot in layout.numeric:
         if slot.feature.name not in wanted:
             continue
-        w = plan.windows.index(layout_window_of(layout, slot.feature))
+        w = window_index[layout.windows[slot.feature.name]]
         si, sf = sums_i[w], sums_f[w]
         if slot.agg == "count" or (slot.agg == "sum" and slot.int_slots):
             values[slot.feature.name] = si[:, slot.int_slots[0]].tolist()
