@@ -70,12 +70,14 @@ for k = 2, #KEYS do
   local h = KEYS[k]
   local entry = {redis.call('EXISTS', h)}
   if entry[1] == 1 then
-    local parts = {}
+    local present = {}
     if #read > 0 then
       local vals = redis.call('HMGET', h, unpack(read))
-      for j = 1, #read do parts[j] = vals[j] or zero end
+      for j = 1, #read do
+        if vals[j] then present[#present + 1] = j; present[#present + 1] = vals[j] end
+      end
     end
-    entry[2] = table.concat(parts)
+    entry[2] = present
     if use_tail == 1 then
       entry[3] = redis.call('ZRANGEBYSCORE', prefix .. 't:' .. string.sub(h, #prefix + 3), tail_lo, tail_hi)
     else
@@ -198,10 +200,15 @@ class OnlineReader:
             view = items[0].view
             layout = self._layout(view)
             keys = list(layout.join_keys)
-            columns = [self._column(entities, k, rows) for k in keys]
+            if all(len(entities[k]) == 1 for k in keys):  # e.g. the one user of a ranking request
+                columns = [entities[k] for k in keys]
+                span = 1
+            else:
+                columns = [self._column(entities, k, rows) for k in keys]
+                span = rows
             encoded_rows = []
             unique: dict[bytes, int] = {}
-            for r in range(rows):
+            for r in range(span):
                 try:
                     code = encode_entity(layout.join_keys, [c[r] for c in columns])
                 except BadRequest:
@@ -209,6 +216,8 @@ class OnlineReader:
                 except ParityError as exc:
                     raise BadRequest(f"{exc} (row {r})", hint=exc.hint) from None
                 encoded_rows.append(unique.setdefault(code, len(unique)))
+            if span == 1 and rows > 1:
+                encoded_rows = encoded_rows * rows
             work.append((view, layout, items, list(unique), encoded_rows))
         replies = self._fetch(work, now)
         for (view, layout, items, unique, encoded_rows), reply in zip(work, replies):
@@ -541,30 +550,38 @@ def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail
     n_cols = n_fields + open_cols + n_life
     tails = [e[2] if e[0] == 1 else [] for e in entries]
     t_max = max((len(t) for t in tails), default=0)
-    zero = layout.zero
-    chunks = []
-    for u, entry in enumerate(entries):
-        chunks.append(entry[1] if entry[0] == 1 else zero * n_cols)
-        tail = tails[u]
-        for member in tail:
-            chunks.append(member[ORDER.size:ORDER.size + width])
-        if len(tail) < t_max:
-            chunks.append(zero * (t_max - len(tail)))
     dtype = _record_dtype(layout)
     total = n_cols + t_max
-    records = np.frombuffer(b"".join(chunks), dtype=dtype).reshape(n_ent, total) if n_ent and total else \
-        np.zeros((n_ent, total), dtype=dtype)
+    row_bytes = total * width
+    # the reply lists only the tiles present: (column, record) pairs; absent ones stay zero
+    buf = bytearray(n_ent * row_bytes)
+    head, end = ORDER.size, ORDER.size + width
+    for u, entry in enumerate(entries):
+        if entry[0] != 1:
+            continue
+        base = u * row_bytes
+        present = entry[1]
+        for i in range(0, len(present), 2):
+            off = base + (present[i] - 1) * width
+            buf[off:off + width] = present[i + 1]
+        off = base + n_cols * width
+        for member in tails[u]:
+            buf[off:off + width] = member[head:end]
+            off += width
+    records = np.frombuffer(buf, dtype=dtype).reshape(n_ent, total)
     ints, floats = records["i"], records["f"]
-    extra = np.ones(total - n_fields, dtype=bool)  # open tile, tail: in every window
     masks = []
-    for w, base in enumerate(plan.window_fields):
-        life = np.zeros(n_life, dtype=bool) + plan.window_lifetime[w]
-        tail_open = np.ones(open_cols + 0, dtype=bool)
-        masks.append(np.concatenate([base, tail_open, life, np.ones(t_max, dtype=bool)]))
-    del extra
+    for w, base_mask in enumerate(plan.window_fields):
+        life = np.full(n_life, plan.window_lifetime[w], dtype=bool)
+        masks.append(np.concatenate([base_mask, np.ones(open_cols, dtype=bool), life, np.ones(t_max, dtype=bool)]))
     values: dict[str, list] = {}
-    sums_i = [ints[:, m, :].sum(axis=1) for m in masks]
-    sums_f = [floats[:, m, :].sum(axis=1) for m in masks]
+    # every window's sums for every entity in two products: (W, C) @ (E, C, S) -> (E, W, S)
+    stacked = np.array(masks, dtype=np.int64).reshape(len(masks), total)
+    all_i = np.matmul(stacked, ints) if layout.n_int else np.zeros((n_ent, len(masks), 0), np.int64)
+    all_f = np.matmul(stacked.astype(np.float64), floats) if layout.n_float else \
+        np.zeros((n_ent, len(masks), 0), np.float64)
+    sums_i = [all_i[:, w, :] for w in range(len(masks))]
+    sums_f = [all_f[:, w, :] for w in range(len(masks))]
     window_index = {window: w for w, window in enumerate(plan.windows)}
     for slot in layout.numeric:
         if slot.feature.name not in wanted:
