@@ -601,9 +601,9 @@ def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail
         else:
             values[slot.feature.name] = _extreme(slot, ints, floats, masks[w])
     rows = ints[:, :, ROWS]
-    newest = np.where(rows > 0, ints[:, :, MAX_TS], np.iinfo(np.int64).min).max(axis=1) if total else \
-        np.full(n_ent, np.iinfo(np.int64).min)
-    ages = [None if n == np.iinfo(np.int64).min or not e else (now - n) / 1000.0
+    lowest = int(np.iinfo(np.int64).min)
+    newest = np.where(rows > 0, ints[:, :, MAX_TS], lowest).max(axis=1) if total else np.full(n_ent, lowest)
+    ages = [None if n == lowest or not e else (now - n) / 1000.0
             for n, e in zip(newest.tolist(), exists.tolist())]
     return {"values": values, "age": ages}
 
