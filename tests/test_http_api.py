@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -375,8 +376,10 @@ def test_parity_serve_end_to_end(tmp_path, redis_server):
     subprocess.run([*run, "init", "proj"], cwd=tmp_path, check=True, capture_output=True)
     project = tmp_path / "proj"
     config = project / "feature_store.yaml"
-    config.write_text(config.read_text().replace("  type: redis\n", f"  type: redis\n  connection_string: "
-                                                                    f"{redis_server.url}\n", 1))
+    text = re.sub(r"(?m)^  type: redis\b.*$", f"  type: redis\n  connection_string: {redis_server.url}", config.read_text(),
+                  count=1)
+    assert redis_server.url in text  # never let `parity serve` start (and leak) an embedded Redis here
+    config.write_text(text)
     subprocess.run([*run, "apply"], cwd=project, check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k != "PARITY_AUTH_TOKENS"}
     refused = subprocess.run([*run, "serve", "--host", "0.0.0.0", "--port", str(free_port())], cwd=project,
