@@ -9,7 +9,7 @@ STAMP := $(VENV)/.parity-installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,feast,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[test,feast,postgres,streaming]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -26,9 +26,10 @@ examples:
   parity training-set --spine spine.parquet --service home_feed_ranking --out train.parquet
   parity backfill --start 2026-01-01 --end 2026-01-31
   parity serve --port 8666        serve online features over HTTP
-  parity dev up                   start the project's embedded Redis
+  parity dev up                   start the project's embedded Redis and Kafka broker
   parity materialize              load backfilled tiles into the online store
   parity get --service safety_screen --entity video_id=10,11
+  parity produce --rate 2000 --duration 60   synthetic events into the sources' Kafka topics
 
 The project is the folder holding feature_store.yaml: the current one, or --config
 (or the PARITY_CONFIG environment variable)."""

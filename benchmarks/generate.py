@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import math
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -108,10 +109,11 @@ class World:
     days: int
     seed: int
     start: dt.date
+    counts: tuple[int, int, int] | None = None  # (users, videos, creators); default: from scale
 
     @cached_property
     def sizes(self) -> tuple[int, int, int]:
-        return cardinalities(self.scale)
+        return self.counts or cardinalities(self.scale)
 
     def rng(self, *tags: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, *tags]))
@@ -203,13 +205,19 @@ def _ids(prefix: str, first: int, n: int) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(prefix), numbers, "")
 
 
+def ingest_delays(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` delays from event time to ingestion, in microseconds: ~200 ms (exponential, under
+    1 s), except 1% 1 s to 4 h late (log-uniform): out of order."""
+    delay = np.minimum(rng.standard_exponential(n) * 200_000 + 1_000, 999_999)
+    late = rng.random(n) < 0.01
+    delay[late] = np.exp(rng.uniform(math.log(1e6), math.log(4 * 3600e6), int(late.sum())))
+    return delay.astype(np.int64)
+
+
 def _meta(rng: np.random.Generator, ts: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, dict]:
     """Ingest order of a chunk and its meta columns (in that order)."""
     n = len(ts)
-    delay = np.minimum(rng.standard_exponential(n) * 200_000 + 1_000, 999_999)  # ~200 ms, under 1 s
-    late = rng.random(n) < 0.01  # out of order: 1 s to 4 h late, log-uniform
-    delay[late] = np.exp(rng.uniform(math.log(1e6), math.log(4 * 3600e6), int(late.sum())))
-    ingested = ts + delay.astype(np.int64)
+    ingested = ts + ingest_delays(rng, n)
     applied = ingested + (rng.standard_exponential(n) * 50_000).astype(np.int64) + 5_000  # ~55 ms
     order = np.argsort(ingested, kind="stable")
     return order, {"ingested": ingested[order], "applied": applied[order],
@@ -220,9 +228,10 @@ def _ts(values: np.ndarray) -> pa.Array:
     return pa.array(values, pa.timestamp("us"))
 
 
-def video_events(world: World, chunk: Chunk) -> dict:
-    rng = world.rng(_SOURCE_TAG[chunk.source], chunk.day, chunk.part)
-    n, cat = chunk.rows, world.catalogue
+def _interactions(world: World, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """``n`` video interactions: (user, video, kind, watch_ms, completion, missing), where
+    ``missing`` marks the events without watch_ms/completion."""
+    cat = world.catalogue
     user = world.sample(rng, "user", n)
     video = world.sample(rng, "video", n)
     kind = rng.choice(len(EVENT_TYPES), size=n, p=EVENT_TYPE_P).astype(np.int8)
@@ -235,6 +244,13 @@ def video_events(world: World, chunk: Chunk) -> dict:
     watch = np.rint(fraction * length).astype(np.int64)
     completion = watch / length
     missing = other & (rng.random(n) < 0.7)
+    return user, video, kind, watch, completion, missing
+
+
+def video_events(world: World, chunk: Chunk) -> dict:
+    rng = world.rng(_SOURCE_TAG[chunk.source], chunk.day, chunk.part)
+    n, cat = chunk.rows, world.catalogue
+    user, video, kind, watch, completion, missing = _interactions(world, rng, n)
     ts = world.timestamps(rng, chunk.day, n)
     order, meta = _meta(rng, ts, user)
     missing = missing[order]
@@ -358,6 +374,65 @@ def generate(scale: int, days: int = 30, seed: int = 7, start: dt.date = dt.date
     """
     for _, batch in _chunks(scale, days, seed, start, source):
         yield batch
+
+
+# -- a live stream ------------------------------------------------------------------------
+
+_LIVE_TAG = 100  # seeds the live stream's blocks apart from the offline chunks'
+
+
+def live_events(seed: int = 7, users: int = 100_000, videos: int = 20_000, creators: int = 2_000, *,
+                clock: Callable[[], int] | None = None, run_id: str = "live",
+                block: int = 4096) -> Iterator[tuple[str, dict]]:
+    """Endless synthetic events as a live stream carries them: ``(source, event)`` pairs in
+    emission order, ``source`` being ``video_events`` or ``follow_events`` (one follow per 20
+    video events, as in the offline data).
+
+    Each event has exactly its source's fields. Ids, popularity and the catalogue (each
+    video's creator and length) are those of the offline data of the same ``seed`` and
+    cardinalities (``cardinalities(scale)`` gives the offline ones). ``ts`` is an int, in
+    microseconds since the epoch (UTC): ``clock()`` (default: the wall clock) at the moment
+    the event is yielded, minus an ingest delay drawn as in the offline log (~200 ms; 1% 1 s
+    to 4 h late), so timestamps are slightly out of order and some events are late.
+    ``event_id`` is ``ve-<run_id>-<n>`` / ``fe-<run_id>-<n>``. With a fixed clock, the same
+    arguments give the same events.
+    """
+    if clock is None:
+        def clock() -> int:
+            return time.time_ns() // 1000
+    world = World(0, 1, seed, dt.date(1970, 1, 1), counts=(users, videos, creators))
+    video_creator = world.catalogue["video_creator"]
+    kinds = EVENT_TYPES
+    next_video = next_follow = 0
+    for number in itertools.count():
+        rng = world.rng(_LIVE_TAG, number)
+        is_follow = (rng.random(block) < 1 / 21).tolist()
+        n_follow = sum(is_follow)
+        n_video = block - n_follow
+        user, video, kind, watch, completion, missing = _interactions(world, rng, n_video)
+        creator = video_creator[video].tolist()
+        user, video, kind = user.tolist(), video.tolist(), kind.tolist()
+        watch, completion, missing = watch.tolist(), completion.tolist(), missing.tolist()
+        follower = world.sample(rng, "user", n_follow).tolist()
+        followed = world.sample(rng, "creator", n_follow).tolist()
+        delays = ingest_delays(rng, block).tolist()
+        v = f = 0
+        for i in range(block):
+            if is_follow[i]:
+                yield "follow_events", {
+                    "event_id": f"fe-{run_id}-{next_follow}", "follower_id": follower[f],
+                    "creator_id": followed[f], "ts": clock() - delays[i]}
+                next_follow += 1
+                f += 1
+            else:
+                gone = missing[v]
+                yield "video_events", {
+                    "event_id": f"ve-{run_id}-{next_video}", "user_id": user[v], "video_id": video[v],
+                    "creator_id": creator[v], "event_type": kinds[kind[v]],
+                    "watch_ms": None if gone else watch[v], "completion": None if gone else completion[v],
+                    "ts": clock() - delays[i]}
+                next_video += 1
+                v += 1
 
 
 # -- writing ------------------------------------------------------------------------------

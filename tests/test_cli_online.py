@@ -44,4 +44,4 @@ def test_materialize_and_get_from_the_cli(tmp_path):
     finally:
         down = parity("dev", "down", cwd=project)
     assert "redis" in down.stdout
-    assert parity("dev", "status", cwd=project).stdout.strip() == "redis: not running"
+    assert parity("dev", "status", cwd=project).stdout.splitlines() == ["redis: not running", "kafka: not running"]
