@@ -190,3 +190,31 @@ def test_keys_expire_and_old_tiles_are_pruned(redis):
     starts = sorted(int(f.split(b":")[1]) * 5 * MINUTE for f in fields if not f.endswith(b"x"))
     assert starts and min(starts) >= us(now) - 20 * MINUTE, "tiles beyond retention are not written"
     assert writer.read_progress() == {}
+
+
+def test_progress_markers_fence_a_stale_writer(redis):
+    """Two writers of one partition: the one whose expected offset is stale writes nothing."""
+    from parity.registry.online.writer import ProgressConflict
+
+    first, second = (OnlineWriter(redis, "s", DEFS, clock=lambda: us(T0)) for _ in range(2))
+    evaluator = EventEvaluator(DEFS, VIEW2, first.layout(VIEW2))
+    event = evaluator.evaluate(ev(1, 0, severity=3), 0, 0)
+    tile = TileBuilder(first.layout(VIEW2))
+    tile.add(event)
+    (entity, res, start), value = next(iter(tile.tiles.items()))
+    batch = first.batch()
+    batch.put_tile(VIEW2, entity, res, start, value)
+    batch.set_progress({"reports/0": "1"}, expect={"reports/0": None})
+    batch.commit()
+    assert first.read_progress() == {"reports/0": "1"}
+    stale = second.batch()
+    stale.put_tile(VIEW2, (2,), res, start, value)
+    stale.set_progress({"reports/0": "1"}, expect={"reports/0": None})
+    with pytest.raises(ProgressConflict, match="reports/0 is '1', expected None"):
+        stale.commit()
+    assert not redis.exists(b"p:s:safety:2:e:i2;"), "a fenced batch writes nothing"
+    ok = second.batch()
+    ok.put_tile(VIEW2, (2,), res, start, value)
+    ok.set_progress({"reports/0": "2"}, expect={"reports/0": "1"})
+    ok.commit()
+    assert redis.exists(b"p:s:safety:2:e:i2;") and second.read_progress() == {"reports/0": "2"}

@@ -117,6 +117,14 @@ class OnlineStoreUnavailable(ParityError):
     """Redis cannot be reached (or refused the command)."""
 
 
+class ProgressConflict(ParityError):
+    """A batch expected progress markers another writer has moved: nothing was written.
+
+    This is how a writer that lost its Kafka partitions (a zombie after a rebalance) is
+    fenced off: its batch expected offsets the new owner has already advanced.
+    """
+
+
 def wall_clock_us() -> int:
     return time.time_ns() // 1000
 
@@ -144,6 +152,7 @@ class WriteBatch:
         self.writer = writer
         self._views: dict[tuple[str, int], _ViewWrite] = {}
         self._progress: dict[str, str] = {}
+        self._expect: dict[str, str | None] = {}
 
     def _view(self, view: FeatureView) -> _ViewWrite:
         key = (view.name, view.version)
@@ -210,14 +219,25 @@ class WriteBatch:
         """The tail is complete for events at or after ``instant_us`` (set by bootstrap)."""
         self._view(view).meta.append(("tail_from", "max", str(int(instant_us))))
 
-    def set_progress(self, markers: Mapping[str, str]) -> None:
-        """Progress markers (offsets, watermarks) committed atomically with the batch."""
+    def set_progress(self, markers: Mapping[str, str], expect: Mapping[str, str | None] | None = None) -> None:
+        """Progress markers (offsets, watermarks) committed atomically with the batch.
+
+        ``expect``: the values the markers must still hold for the commit to happen (None:
+        absent). If any differs at commit time, :meth:`commit` raises
+        :class:`ProgressConflict` and writes nothing (checked under ``WATCH``, so a marker
+        moved by another writer between the check and the commit also aborts it).
+        """
         self._progress.update({str(k): str(v) for k, v in markers.items()})
+        if expect:
+            self._expect.update({str(k): None if v is None else str(v) for k, v in expect.items()})
 
     def commit(self) -> None:
-        self.writer._commit(self._views.values(), self._progress)
-        self._views.clear()
-        self._progress.clear()
+        try:
+            self.writer._commit(self._views.values(), self._progress, self._expect)
+        finally:
+            self._views.clear()
+            self._progress.clear()
+            self._expect.clear()
 
 
 def _later(current: int | None, candidate: int | None, forever: bool) -> int | None:
@@ -241,6 +261,7 @@ class OnlineWriter:
         self._layouts: dict[tuple[str, int], ViewLayout] = {}
         self._write = client.register_script(WRITE_SCRIPT)
         self._progress = client.register_script(PROGRESS_SCRIPT)
+        self._loaded = False
 
     def layout(self, view: FeatureView) -> ViewLayout:
         key = (view.name, view.version)
@@ -309,18 +330,55 @@ class OnlineWriter:
             args += [name, how, value]
         return args
 
-    def _commit(self, views: Iterable[_ViewWrite], progress: Mapping[str, str]) -> None:
+    def _commit(self, views: Iterable[_ViewWrite], progress: Mapping[str, str],
+                expect: Mapping[str, str | None] | None = None) -> None:
+        import redis
+
         views = list(views)
         if not views and not progress:
             return
+        pkey = progress_key(self.project)
+        argv = [(vw, self._args(vw)) for vw in views]
 
         def run():
-            pipe = self.client.pipeline(transaction=True)
-            for vw in views:
-                self._write(keys=[meta_key(vw.prefix)], args=self._args(vw), client=pipe)
-            if progress:
-                flat = [x for kv in progress.items() for x in kv]
-                self._progress(keys=[progress_key(self.project)], args=flat, client=pipe)
-            pipe.execute()
+            if not self._loaded:
+                self.client.script_load(WRITE_SCRIPT)
+                self.client.script_load(PROGRESS_SCRIPT)
+                self._loaded = True
+            with self.client.pipeline(transaction=True) as pipe:
+                if expect:
+                    pipe.watch(pkey)
+                    names = list(expect)
+                    current = pipe.hmget(pkey, names)
+                    found = {n: (None if v is None else v.decode()) for n, v in zip(names, current)}
+                    moved = {n: (expect[n], found[n]) for n in names if found[n] != expect[n]}
+                    if moved:
+                        pipe.unwatch()
+                        raise ProgressConflict(
+                            "progress markers moved: " + ", ".join(f"{n} is {got!r}, expected {want!r}"
+                                                                     for n, (want, got) in sorted(moved.items())),
+                            hint="another writer owns these partitions now; drop this batch and resume "
+                                 "from the stored markers")
+                    pipe.multi()
+                for vw, args in argv:
+                    pipe.evalsha(self._write.sha, 1, meta_key(vw.prefix), *args)
+                if progress:
+                    flat = [x for kv in progress.items() for x in kv]
+                    pipe.evalsha(self._progress.sha, 1, pkey, *flat)
+                try:
+                    pipe.execute()
+                except redis.WatchError:
+                    raise ProgressConflict("progress markers moved while committing",
+                                           hint="another writer owns these partitions now; drop this batch "
+                                                "and resume from the stored markers") from None
 
-        self._call(run)
+        try:
+            self._call(run)
+        except redis.exceptions.NoScriptError:
+            self._loaded = False
+            self._call(run)
+        except redis.exceptions.ResponseError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            self._loaded = False
+            self._call(run)
