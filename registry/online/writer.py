@@ -330,6 +330,20 @@ class OnlineWriter:
             args += [name, how, value]
         return args
 
+    def ensure_scripts(self) -> None:
+        if not self._loaded:
+            self.client.script_load(WRITE_SCRIPT)
+            self.client.script_load(PROGRESS_SCRIPT)
+            self._loaded = True
+
+    def _queue(self, pipe, argv, progress: Mapping[str, str]) -> None:
+        """Queue a batch's write scripts (and its progress markers) on a MULTI pipeline."""
+        for vw, args in argv:
+            pipe.evalsha(self._write.sha, 1, meta_key(vw.prefix), *args)
+        if progress:
+            flat = [x for kv in progress.items() for x in kv]
+            pipe.evalsha(self._progress.sha, 1, progress_key(self.project), *flat)
+
     def _commit(self, views: Iterable[_ViewWrite], progress: Mapping[str, str],
                 expect: Mapping[str, str | None] | None = None) -> None:
         import redis
@@ -341,10 +355,7 @@ class OnlineWriter:
         argv = [(vw, self._args(vw)) for vw in views]
 
         def run():
-            if not self._loaded:
-                self.client.script_load(WRITE_SCRIPT)
-                self.client.script_load(PROGRESS_SCRIPT)
-                self._loaded = True
+            self.ensure_scripts()
             with self.client.pipeline(transaction=True) as pipe:
                 if expect:
                     pipe.watch(pkey)
@@ -360,11 +371,7 @@ class OnlineWriter:
                             hint="another writer owns these partitions now; drop this batch and resume "
                                  "from the stored markers")
                     pipe.multi()
-                for vw, args in argv:
-                    pipe.evalsha(self._write.sha, 1, meta_key(vw.prefix), *args)
-                if progress:
-                    flat = [x for kv in progress.items() for x in kv]
-                    pipe.evalsha(self._progress.sha, 1, pkey, *flat)
+                self._queue(pipe, argv, progress)
                 try:
                     pipe.execute()
                 except redis.WatchError:

@@ -1,0 +1,155 @@
+"""Apply a batch of events to the online store: read, merge, upsert absolute values.
+
+Stream engines (the embedded one, the Flink sink) hand over the events of a micro-batch;
+:func:`apply_events` turns them into the new **absolute** values of every tile they touch
+and writes those through :class:`~parity.registry.online.writer.OnlineWriter`, with the
+batch's progress markers, in one transaction. Concurrency is optimistic:
+
+1. ``WATCH`` the touched entity keys and the progress key;
+2. check the expected progress markers (a writer that lost its partitions is fenced off:
+   :class:`~parity.registry.online.writer.ProgressConflict`, nothing written);
+3. read the touched tiles and latest values (one Lua call), merge the batch into them with
+   the registry's partial merges;
+4. ``MULTI`` / ``EXEC`` the absolute values, the tail events and the markers.
+
+If another writer changed a watched entity in between (two engine processes whose
+partitions share an entity), ``EXEC`` fails and the batch is re-read and re-merged, so no
+update is lost and none is applied twice.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+from parity.errors import ParityError
+from parity.registry.durations import floor_to
+from parity.registry.models import FeatureView
+from parity.registry.online.accumulate import Event
+from parity.registry.online.keys import (
+    LATEST_FIELD, complex_field, encode_entity, entity_key, progress_key, tile_field, view_prefix,
+)
+from parity.registry.online.layout import TileValue
+from parity.registry.online.writer import OnlineWriter, ProgressConflict
+
+READ_TILES = r"""
+local out = {}
+local i = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  if n > 0 then out[k] = redis.call('HMGET', KEYS[k], unpack(ARGV, i, i + n - 1)) else out[k] = {} end
+  i = i + n
+end
+return out
+"""
+
+
+class ApplyRetriesExhausted(ParityError):
+    """The batch kept colliding with other writers."""
+
+
+def _touched(writer: OnlineWriter, view: FeatureView, events: Sequence[Event]):
+    """Per encoded entity: its events and the tiles they touch (resolution, start)."""
+    layout = writer.layout(view)
+    out: dict[bytes, tuple[tuple, list[Event], set[tuple[int, int]]]] = {}
+    for event in events:
+        code = encode_entity(layout.join_keys, event.entity)
+        entry = out.setdefault(code, (event.entity, [], set()))
+        entry[1].append(event)
+        for resolution in layout.resolutions:
+            entry[2].add((resolution, floor_to(event.ts, resolution)))
+    return out
+
+
+def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Sequence[Event]]], *,
+                 progress: Mapping[str, str] | None = None, expect: Mapping[str, str | None] | None = None,
+                 watermarks: Sequence[tuple[FeatureView, int]] = (), retries: int = 20,
+                 after_read: Callable[[int], None] | None = None) -> int:
+    """Merge ``events`` (per view) into the store and commit them with ``progress``;
+    returns the attempts used. ``after_read(attempt)`` runs between the read and the write
+    (a seam for tests that interleave writers)."""
+    import redis
+
+    client = writer.client
+    read_sha = client.script_load(READ_TILES)
+    writer.ensure_scripts()
+    plans = []
+    for view, items in events:
+        layout = writer.layout(view)
+        prefix = view_prefix(writer.project, view.name, view.version)
+        has_complex = bool(layout.complex)
+        for code, (entity, mine, tiles) in _touched(writer, view, items).items():
+            fields = []
+            for resolution, start in sorted(tiles):
+                fields.append(tile_field(resolution, start))
+                if has_complex:
+                    fields.append(complex_field(resolution, start))
+            if layout.latest:
+                fields.append(LATEST_FIELD)
+            plans.append((view, layout, code, entity, mine, sorted(tiles), fields, entity_key(prefix, code)))
+    pkey = progress_key(writer.project)
+    for attempt in range(1, retries + 1):
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(pkey, *[p[7] for p in plans])
+                if expect:
+                    names = list(expect)
+                    current = pipe.hmget(pkey, names)
+                    found = {n: (None if v is None else v.decode()) for n, v in zip(names, current)}
+                    moved = sorted(n for n in names if found[n] != expect[n])
+                    if moved:
+                        pipe.unwatch()
+                        raise ProgressConflict(
+                            "progress markers moved: " + ", ".join(f"{n} is {found[n]!r}, expected {expect[n]!r}"
+                                                                     for n in moved),
+                            hint="another writer owns these partitions now; drop this batch and resume from "
+                                 "the stored markers")
+                args = []
+                for plan in plans:
+                    args += [len(plan[6]), *plan[6]]
+                stored = pipe.evalsha(read_sha, len(plans), *[p[7] for p in plans], *args) if plans else []
+                batch = writer.batch()
+                for plan, values in zip(plans, stored):
+                    _merge_into(batch, plan, values)
+                for view, mark in watermarks:
+                    batch.set_watermark(view, mark)
+                argv = [(vw, writer._args(vw)) for vw in batch._views.values()]
+                if after_read is not None:
+                    after_read(attempt)
+                pipe.multi()
+                writer._queue(pipe, argv, dict(progress or {}))
+                pipe.execute()
+                return attempt
+            except redis.WatchError:
+                continue
+    raise ApplyRetriesExhausted(f"a batch of {sum(len(v) for _view, v in events)} events collided with other "
+                                f"writers {retries} times", hint="fewer engine processes, or smaller batches")
+
+
+def _merge_into(batch, plan, values) -> None:
+    view, layout, code, entity, mine, tiles, fields, _key = plan
+    stored = dict(zip(fields, values))
+    by_tile: dict[tuple[int, int], list[Event]] = {}
+    for event in mine:
+        for resolution in layout.resolutions:
+            by_tile.setdefault((resolution, floor_to(event.ts, resolution)), []).append(event)
+    for resolution, start in tiles:
+        numeric = stored.get(tile_field(resolution, start))
+        old = layout.decode_numeric(numeric) if numeric else None
+        if old is not None and layout.complex:
+            extra = layout.decode_complex(stored.get(complex_field(resolution, start)))
+            for spec, partial in zip(layout.complex, extra):
+                if partial is not None:
+                    old.partials[spec.feature.name] = partial
+        parts = ([old] if old is not None else []) + [e.value for e in by_tile[(resolution, start)]]
+        batch.put_tile(view, code, resolution, start, layout.merge_values(parts))
+    if layout.latest:
+        raw = stored.get(LATEST_FIELD)
+        parts = []
+        if raw:
+            parts.append(TileValue(partials={c.feature.name: p for c, p in
+                                             zip(layout.latest, layout.decode_complex(raw, latest=True))}))
+        parts += [TileValue(partials={c.feature.name: e.value.partials.get(c.feature.name) for c in layout.latest})
+                  for e in mine]
+        batch.put_latest(view, code, layout.merge_values(parts))
+    batch.add_events(view, mine)
