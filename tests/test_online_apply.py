@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +19,7 @@ from batch_fixtures import BASE, DEFS, events
 from parity.registry.durations import to_micros
 from parity.registry.online.accumulate import EventEvaluator
 from parity.registry.online.apply import apply_events
-from parity.registry.online.writer import OnlineWriter
+from parity.registry.online.writer import COMMIT_TIME, OnlineWriter
 from test_online_oracle import check, dyadic, nows_for
 
 CLOCK = lambda: to_micros(BASE - timedelta(days=4))  # noqa: E731
@@ -85,8 +86,11 @@ def test_a_write_between_read_and_commit_forces_a_re_merge(redis):
         if attempt == 1:
             apply_events(b, [(view, [second])])  # no markers: only the entity key is shared
 
-    used = apply_events(a, [(view, [first])], progress={"ev/0": "0"}, after_read=interleave)
-    assert used == 2 and attempts == [1, 2]
+    used = apply_events(a, [(view, [first])], progress={"ev/0": "0", "ev/0/at": COMMIT_TIME},
+                        after_read=interleave)
+    assert used.attempts == 2 and attempts == [1, 2]
+    stored = OnlineWriter(redis, "t", DEFS).read_progress()
+    assert stored["ev/0/at"] == str(used.committed_at) and abs(used.committed_at - time.time() * 1e6) < 5e6
     from parity.serving.lookup import OnlineReader
 
     result = OnlineReader(redis, "t", DEFS, clock=CLOCK).get_online_features(

@@ -19,6 +19,7 @@ update is lost and none is applied twice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from parity.errors import ParityError
@@ -44,6 +45,15 @@ return out
 """
 
 
+@dataclass(frozen=True)
+class AppliedBatch:
+    """``attempts`` used; ``committed_at``: the Redis server's time of the commit (µs), when
+    progress markers were written (the instant the batch became visible: its ``applied_at``)."""
+
+    attempts: int
+    committed_at: int | None
+
+
 class ApplyRetriesExhausted(ParityError):
     """The batch kept colliding with other writers."""
 
@@ -64,9 +74,11 @@ def _touched(writer: OnlineWriter, view: FeatureView, events: Sequence[Event]):
 def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Sequence[Event]]], *,
                  progress: Mapping[str, str] | None = None, expect: Mapping[str, str | None] | None = None,
                  watermarks: Sequence[tuple[FeatureView, int]] = (), retries: int = 20,
-                 after_read: Callable[[int], None] | None = None) -> int:
+                 after_read: Callable[[int], None] | None = None) -> AppliedBatch:
     """Merge ``events`` (per view) into the store and commit them with ``progress``;
-    returns the attempts used. ``after_read(attempt)`` runs between the read and the write
+    returns an :class:`AppliedBatch`. A progress marker whose value is
+    :data:`~parity.registry.online.writer.COMMIT_TIME` is set to the commit's server time.
+    ``after_read(attempt)`` runs between the read and the write
     (a seam for tests that interleave writers)."""
     import redis
 
@@ -118,8 +130,9 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                     after_read(attempt)
                 pipe.multi()
                 writer._queue(pipe, argv, dict(progress or {}))
-                pipe.execute()
-                return attempt
+                replies = pipe.execute()
+                self_time = int(replies[-1]) if progress else None
+                return AppliedBatch(attempt, self_time)
             except redis.WatchError:
                 continue
     raise ApplyRetriesExhausted(f"a batch of {sum(len(v) for _view, v in events)} events collided with other "

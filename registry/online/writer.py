@@ -108,9 +108,16 @@ return n_entities
 """
 
 PROGRESS_SCRIPT = r"""
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%06d', tonumber(t[2]))
+for i = 1, #ARGV, 2 do
+  local value = ARGV[i + 1]
+  if value == '$COMMIT_TIME' then value = now end
+  redis.call('HSET', KEYS[1], ARGV[i], value)
+end
+return now
 """
+COMMIT_TIME = "$COMMIT_TIME"  # a progress marker value replaced by the Redis server's time of the commit (µs)
 
 
 class OnlineStoreUnavailable(ParityError):
