@@ -169,6 +169,7 @@ examples:
 
 
 def register(sub, common) -> None:
+    register_stream(sub, common)
     p = sub.add_parser("materialize", parents=[common], help="load backfilled tiles into the online store "
                        "(bootstrap) and record the watermark it is complete up to")
     p.add_argument("--views", nargs="+", metavar="VIEW", help="only these views (default: every online view)")
@@ -211,3 +212,44 @@ def register(sub, common) -> None:
                         "100k users, 20k videos, 2k creators)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_produce)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from parity.embedded import kafka_bootstrap, online_store_url, redis_client
+    from parity.registry.offline_log import OfflineLog
+    from parity.registry.durations import parse_duration
+    from parity.streaming.engine import StreamEngine
+    from parity.streaming.kafka import ensure_topics
+
+    store = _store(args)
+    config = store.config
+    bootstrap = kafka_bootstrap(config)
+    engine = StreamEngine(
+        store.definitions, project=config.project, redis=redis_client(online_store_url(config)),
+        bootstrap=bootstrap, offline_log=OfflineLog.from_config(config), group_id=config.streaming.group_id,
+        max_batch=config.streaming.max_batch, flush_interval=parse_duration(config.streaming.flush_interval) / 1e6,
+        dead_letter_dir=config.path("data/dead_letters") if config.streaming.dead_letter == "file" else None,
+        dead_letter_topics=config.streaming.dead_letter == "topic")
+    ensure_topics(bootstrap, {topic: 8 for topic in engine.sources})
+    print(f"streaming {', '.join(engine.sources)} from {bootstrap} (group {config.streaming.group_id}); Ctrl-C stops",
+          flush=True)
+    try:
+        stats = engine.run(idle_exit=args.idle_exit)
+    except KeyboardInterrupt:
+        stats = engine.stats
+    letters = ", ".join(f"{k} {v}" for k, v in sorted(stats.dead_letters.items())) or "none"
+    print(f"consumed {stats.consumed}, applied {stats.applied} view events in {stats.batches} batches, "
+          f"landed {stats.landed}; dead letters: {letters}")
+    return 0
+
+
+def register_stream(sub, common) -> None:
+    p = sub.add_parser("stream", parents=[common], help="run the embedded stream engine: Kafka -> online tiles "
+                       "+ offline log, exactly once",
+                       description="Consume every stream source's topic, update the online tiles of every online "
+                                   "view and land the events in the offline log. Offsets are stored with the tiles "
+                                   "in Redis; a restart resumes from them. Bad events go to the dead-letter sink "
+                                   "(streaming.dead_letter: topic <topic>.dlq, or file data/dead_letters/).")
+    p.add_argument("--idle-exit", type=float, default=None, metavar="S",
+                   help="stop after S seconds without messages (default: run until Ctrl-C)")
+    p.set_defaults(func=cmd_stream)

@@ -1,0 +1,286 @@
+"""The embedded stream engine (``parity stream``): Kafka -> online tiles + offline log.
+
+One loop, micro-batched (``streaming.max_batch`` messages or ``flush_interval``):
+
+1. consume from every stream source's topic in a consumer group;
+2. decode each message against its source (:mod:`parity.streaming.decode`); bad ones go to
+   the dead-letter sink with their reason, and still advance the offsets;
+3. evaluate each online view's derived columns, filters and partials
+   (:class:`~parity.registry.online.accumulate.EventEvaluator`);
+4. apply the batch to the online store (:func:`~parity.registry.online.apply.apply_events`):
+   the new absolute tiles, the open tile's events and, in the same transaction, the
+   consumed offsets ``offset/<topic>/<partition>`` (compare-and-set: a process that lost a
+   partition is fenced off) and the Redis time of the commit ``applied_at/<topic>/<partition>``;
+5. land the batch's good events in the offline log with ``_ingested_at`` (the Kafka
+   timestamp), ``_applied_at`` (that commit time), ``_partition`` and ``_offset``, as one
+   file per (topic, partition, first offset, last offset); then record
+   ``landed/<topic>/<partition>``.
+
+Exactly-once effects: offsets live in Redis with the tiles, and on every assignment the
+engine resumes from them (Kafka's own committed offsets are only informational). A crash
+before step 4 commits loses nothing (the batch is consumed again); a crash between 4 and 5
+leaves an applied but unlanded batch, which the engine re-reads and lands, without applying
+it again, under the same file name and ``applied_at``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from parity.registry.models import Definitions
+from parity.registry.offline_log import OfflineLog
+from parity.registry.online.accumulate import EventEvaluator
+from parity.registry.online.apply import apply_events
+from parity.registry.online.writer import COMMIT_TIME, OnlineWriter, wall_clock_us
+from parity.streaming.decode import DeadLetter, SourceDecoder, kafka_ingested_at
+
+LOG = logging.getLogger("parity.stream")
+
+
+@dataclass
+class EngineStats:
+    consumed: int = 0
+    applied: int = 0
+    landed: int = 0
+    batches: int = 0
+    dead_letters: Counter = field(default_factory=Counter)
+    last_commit_us: int | None = None
+
+
+def _marker(kind: str, topic: str, partition: int) -> str:
+    return f"{kind}/{topic}/{partition}"
+
+
+class StreamEngine:
+    def __init__(self, defs: Definitions, *, project: str, redis, bootstrap: str, offline_log: OfflineLog,
+                 group_id: str = "parity", max_batch: int = 5000, flush_interval: float = 0.2,
+                 dead_letter_dir: Path | None = None, dead_letter_topics: bool = False,
+                 clock: Callable[[], int] = wall_clock_us,
+                 consumer_overrides: dict | None = None):
+        self.defs = defs
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.max_batch = max_batch
+        self.flush_interval = flush_interval
+        self.offline_log = offline_log
+        self.dead_letter_dir = dead_letter_dir
+        self.dead_letter_topics = dead_letter_topics
+        self._dlq_producer = None
+        self.clock = clock
+        self.consumer_overrides = consumer_overrides or {}
+        self.writer = OnlineWriter(redis, project, defs, clock=clock)
+        self.stats = EngineStats()
+        self.sources = {s.kafka.topic: s for s in defs.sources if s.kind == "stream" and s.kafka}
+        self.views = {topic: [v for v in defs.feature_views if v.online and v.source == s.name]
+                      for topic, s in self.sources.items()}
+        self.evaluators = {(v.name, v.version): EventEvaluator(defs, v, self.writer.layout(v))
+                           for views in self.views.values() for v in views}
+        self.decoders = {}
+        for topic, source in self.sources.items():
+            keys = sorted({v.source_column_of(k) for v in self.views[topic]
+                           for k in (defs.entity(v.entity).join_keys if defs.entity(v.entity) else {})})
+            self.decoders[topic] = SourceDecoder(source, keys)
+        self._stored: dict[str, str | None] = {}
+        self._replay: dict[tuple[str, int], int] = {}  # partitions with applied but unlanded offsets
+        self._assigned = False
+        self._partitions: int | None = None
+        self._replay_rows: dict[tuple[str, int], list] = {}
+
+    # -- assignment: resume from the offsets stored with the tiles ------------------------------
+    def _on_assign(self, consumer, partitions) -> None:
+        from confluent_kafka import OFFSET_BEGINNING
+
+        progress = self.writer.read_progress()
+        for tp in partitions:
+            applied = progress.get(_marker("offset", tp.topic, tp.partition))
+            landed = progress.get(_marker("landed", tp.topic, tp.partition))
+            self._stored[_marker("offset", tp.topic, tp.partition)] = applied
+            start = None if applied is None else int(applied) + 1
+            if applied is not None and (landed is None or int(landed) < int(applied)):
+                first = 0 if landed is None else int(landed) + 1
+                self._replay[(tp.topic, tp.partition)] = int(applied)
+                start = first
+            tp.offset = OFFSET_BEGINNING if start is None else start
+        consumer.assign(partitions)
+        self._assigned = True
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        for tp in partitions:
+            self._stored.pop(_marker("offset", tp.topic, tp.partition), None)
+            self._replay.pop((tp.topic, tp.partition), None)
+            self._replay_rows.pop((tp.topic, tp.partition), None)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> EngineStats:
+        """Consume until ``stop`` is set (or, with ``idle_exit``, after that many idle seconds)."""
+        from confluent_kafka import Consumer
+
+        from parity.streaming.kafka import consumer_config
+
+        consumer = Consumer(consumer_config(self.bootstrap, self.group_id, **self.consumer_overrides))
+        consumer.subscribe(list(self.sources), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        idle_since = time.monotonic()
+        try:
+            while not (stop and stop.is_set()):
+                messages = consumer.consume(num_messages=self.max_batch, timeout=self.flush_interval)
+                messages = [m for m in messages if m.error() is None]
+                if messages:
+                    self.process(messages, caught_up=len(messages) < self.max_batch)
+                    idle_since = time.monotonic()
+                elif self._assigned:
+                    self._heartbeat()
+                if idle_exit is not None and not self._owns_everything(consumer):
+                    idle_since = time.monotonic()  # not idle: the group is still (re)assigning partitions
+                if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                    break
+        finally:
+            consumer.close()
+            if self._dlq_producer is not None:
+                self._dlq_producer.flush(10)
+        return self.stats
+
+    def _owns_everything(self, consumer) -> bool:
+        """True when this process holds every partition of its topics (``--idle-exit`` drains
+        only then: after a crash, the dead member keeps partitions until its session ends)."""
+        if self._partitions is None:
+            metadata = consumer.list_topics(timeout=5)
+            self._partitions = sum(len(metadata.topics[t].partitions) for t in self.sources if t in metadata.topics)
+        return len(consumer.assignment()) >= self._partitions
+
+    def _heartbeat(self) -> None:
+        """No traffic: the views are complete up to now (keeps them from turning stale)."""
+        marks = [(v, self.clock()) for views in self.views.values() for v in views]
+        apply_events(self.writer, [], watermarks=marks)
+
+    def process(self, messages, caught_up: bool = True) -> None:
+        """Apply and land one micro-batch of Kafka messages."""
+        by_partition: dict[tuple[str, int], list] = {}
+        for message in messages:
+            by_partition.setdefault((message.topic(), message.partition()), []).append(message)
+        fresh: dict[tuple[str, int], list] = {}
+        for key, items in by_partition.items():
+            limit = self._replay.get(key)
+            if limit is not None:  # an applied batch to land again: gather it whole, over several polls
+                pending = self._replay_rows.setdefault(key, [])
+                pending.extend(m for m in items if m.offset() <= limit)
+                items = [m for m in items if m.offset() > limit]
+                if pending and pending[-1].offset() >= limit:
+                    self._land_replay(key, self._replay_rows.pop(key), limit)
+            if items:
+                fresh[key] = items
+        if not fresh:
+            return
+        self.stats.consumed += sum(len(v) for v in fresh.values())
+        rows_of: dict[tuple[str, int], list[dict]] = {}
+        events = {}
+        newest_ingest = 0
+        for (topic, partition), items in fresh.items():
+            decoder = self.decoders[topic]
+            rows = []
+            for message in items:
+                decoded = decoder.decode(message.value() or b"", partition=partition, offset=message.offset(),
+                                         ingested_at_us=kafka_ingested_at(message))
+                if isinstance(decoded, DeadLetter):
+                    self._dead_letter(topic, decoded)
+                    continue
+                rows.append(decoded)
+                newest_ingest = max(newest_ingest, decoded["_ingested_at"])
+            rows_of[(topic, partition)] = rows
+            for view in self.views[topic]:
+                evaluator = self.evaluators[(view.name, view.version)]
+                bucket = events.setdefault((view.name, view.version), (view, []))[1]
+                for row in rows:
+                    event = evaluator.evaluate(row, partition, row["_offset"])
+                    if event is not None:
+                        bucket.append(event)
+        progress, expect = {}, {}
+        for (topic, partition), items in fresh.items():
+            name = _marker("offset", topic, partition)
+            progress[name] = str(items[-1].offset())
+            progress[_marker("applied_at", topic, partition)] = COMMIT_TIME
+            expect[name] = self._stored.get(name)
+        mark = self.clock() if caught_up else newest_ingest
+        watermarks = [(v, mark) for (topic, _p) in fresh for v in self.views[topic]]
+        batch = apply_events(self.writer, list(events.values()), progress=progress, expect=expect,
+                             watermarks=watermarks)
+        for name, value in progress.items():
+            if name.startswith("offset/"):
+                self._stored[name] = value
+        self.stats.batches += 1
+        self.stats.applied += sum(len(v[1]) for v in events.values())
+        self.stats.last_commit_us = batch.committed_at
+        for (topic, partition), items in fresh.items():
+            self._land(topic, partition, items[0].offset(), items[-1].offset(), rows_of[(topic, partition)],
+                       batch.committed_at)
+
+    def _land(self, topic: str, partition: int, first: int, last: int, rows: list[dict], applied_at: int) -> None:
+        import pyarrow as pa
+
+        source = self.sources[topic]
+        if rows:
+            schema = self.offline_log.arrow_schema(source)
+            arrays = []
+            for f in schema:
+                values = [applied_at] * len(rows) if f.name == "_applied_at" else [r.get(f.name) for r in rows]
+                if pa.types.is_timestamp(f.type):  # rows carry timestamps as integer microseconds
+                    arrays.append(pa.array(values, type=pa.int64()).cast(f.type))
+                else:
+                    arrays.append(pa.array(values, type=f.type))
+            table = pa.Table.from_arrays(arrays, schema=schema)
+            self.offline_log.write(source, table, batch_id=f"k-{topic}-{partition}-{first}-{last}")
+        self.writer.client.hset(self.writer_progress_key, _marker("landed", topic, partition), str(last))
+        self.stats.landed += len(rows)
+
+    @property
+    def writer_progress_key(self) -> bytes:
+        from parity.registry.online.keys import progress_key
+
+        return progress_key(self.writer.project)
+
+    def _land_replay(self, key: tuple[str, int], messages: list, limit: int) -> None:
+        """Land an applied-but-unlanded batch again (after a crash), never applying it twice."""
+        topic, partition = key
+        progress = self.writer.read_progress()
+        applied_at = int(progress[_marker("applied_at", topic, partition)])
+        decoder = self.decoders[topic]
+        rows = []
+        for message in messages:
+            decoded = decoder.decode(message.value() or b"", partition=partition, offset=message.offset(),
+                                     ingested_at_us=kafka_ingested_at(message))
+            if not isinstance(decoded, DeadLetter):
+                rows.append(decoded)
+        self._land(topic, partition, messages[0].offset(), limit, rows, applied_at)
+        self._replay.pop(key, None)
+
+    def dead_letter_topic(self, topic: str) -> str:
+        """The source's ``kafka.dead_letter_topic``, else ``<topic>.dlq``."""
+        face = self.sources[topic].kafka
+        return face.dead_letter_topic or f"{topic}.dlq"
+
+    def _dead_letter(self, topic: str, letter: DeadLetter) -> None:
+        """Send a bad message to the dead-letter sink (a topic, or a JSON-lines file per
+        partition) with its reason. At least once: a batch re-consumed after a crash sends
+        its dead letters again."""
+        self.stats.dead_letters[letter.reason] += 1
+        if self.dead_letter_topics:
+            if self._dlq_producer is None:
+                from confluent_kafka import Producer
+
+                from parity.streaming.kafka import ensure_topics, producer_config
+
+                ensure_topics(self.bootstrap, {self.dead_letter_topic(t): 1 for t in self.sources})
+                self._dlq_producer = Producer(producer_config(self.bootstrap))
+            self._dlq_producer.produce(self.dead_letter_topic(topic), value=letter.to_bytes(),
+                                       headers={"reason": letter.reason})
+            self._dlq_producer.poll(0)
+        if self.dead_letter_dir is not None:
+            folder = self.dead_letter_dir / topic
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"partition-{letter.partition}.jsonl", "ab") as out:
+                out.write(letter.to_bytes() + b"\n")
