@@ -3,8 +3,9 @@
 It applies the example definitions of the short-video app, generates the last week of
 synthetic events into the offline log, computes a point-in-time training set for the
 ``home_feed_ranking`` service in both modes, backfills the tiles, starts the project's own
-Redis, loads the tiles into it (``materialize``) and looks features up online, with
-statuses. Streaming extends it later.
+Redis and Kafka broker, loads the tiles into Redis (``materialize``), looks features up
+online with statuses, then streams live synthetic events through the embedded engine and
+looks them up again.
 """
 
 from __future__ import annotations
@@ -74,7 +75,15 @@ def run(config: str = "feature_store.yaml") -> int:
     _run("Online lookup: user features of the two heaviest users (a user never seen is `missing`)",
          ["get", "--config", config, "--features", "user_engagement:plays_24h", "user_engagement:watch_ms_7d",
           "user_profile:country", "--entity", "user_id=" + ",".join(str(u[0]) for u in users) + ",-1"])
-    print("\nthe embedded Redis keeps running for `parity get` / `parity serve`; stop it with `parity dev down`")
+    _run("Stream live events: produce 10 s of synthetic events into the embedded broker",
+         ["produce", "--config", config, "--rate", "2000", "--duration", "10", "--quiet"])
+    _run("... and run the stream engine until it has drained them (Kafka -> Redis tiles + offline log)",
+         ["stream", "--config", config, "--idle-exit", "3"])
+    _run("The same lookup now sees the live events (10m and 1h windows filled)",
+         ["get", "--config", config, "--service", "safety_screen",
+          "--entity", "video_id=" + ",".join(str(v[0]) for v in videos)])
+    print("\nthe embedded Redis and broker keep running for `parity get` / `parity serve` / `parity stream`; "
+          "stop them with `parity dev down`")
     return 0
 
 
