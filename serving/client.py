@@ -16,7 +16,7 @@ datetimes, as in-process lookups return them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from parity.errors import ParityError
+from parity.serving.result import FeatureColumns
 
 
 class ClientError(ParityError):
@@ -66,28 +67,13 @@ _BY_STATUS: dict[int, type[ClientError]] = {400: BadRequestError, 401: Authentic
                                             413: TooManyEntitiesError, 422: BadRequestError, 503: ServerUnavailable}
 
 
-@dataclass
-class ClientResult:
-    """A lookup's answer, columnar: per output name, values, statuses, ages and (for
-    features with a default) whether the default was served."""
+@dataclass(kw_only=True)
+class ClientResult(FeatureColumns):
+    """A lookup's answer over HTTP, columnar: per output name, values, statuses, ages and
+    (for features with a default) whether the default was served."""
 
-    rows: int
     now: datetime
     request_id: str
-    names: list[str] = field(default_factory=list)
-    values: dict[str, list] = field(default_factory=dict)
-    status: dict[str, list[str]] = field(default_factory=dict)
-    age_ms: dict[str, list[float | None]] = field(default_factory=dict)
-    defaulted: dict[str, list[bool]] = field(default_factory=dict)
-    dtypes: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, list]:
-        """``{name: values, name + "__status": statuses}`` (as ``OnlineResult.to_dict``)."""
-        out: dict[str, list] = {}
-        for name in self.names:
-            out[name] = self.values[name]
-            out[name + "__status"] = self.status[name]
-        return out
 
 
 def _time(value: Any) -> Any:

@@ -24,10 +24,7 @@ the event served), in milliseconds; None when there is none.
 
 from __future__ import annotations
 
-import json
-import struct
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,13 +32,15 @@ import numpy as np
 from parity.errors import ParityError
 from parity.registry.durations import from_micros, parse_duration
 from parity.registry.models import Definitions, FeatureView
-from parity.registry.online.keys import LATEST_FIELD, encode_entity, entity_key, meta_key, tail_key, view_prefix
-from parity.registry.online.layout import MAX_TS, ROWS, ViewLayout
-from parity.registry.online.writer import ORDER, OnlineStoreUnavailable, wall_clock_us
+from parity.registry.online.keys import encode_entity, entity_key, meta_key, tail_key, view_prefix
+from parity.registry.online.layout import ViewLayout
+from parity.registry.online.writer import OnlineStoreUnavailable, wall_clock_us
 from parity.registry.partials import finalize, merge
 from parity.registry.resolve import ResolvedFeature, UnknownFeatureError, resolve
 from parity.registry.semantics import empty_value, latest_is_live, output_dtype
-from parity.serving.read_plan import ReadPlan, latest_cover, plan_for
+from parity.serving.merge import decode_complex_columns, last_before, merge_numeric, tail_latest
+from parity.serving.read_plan import latest_cover, plan_for
+from parity.serving.result import FeatureColumns
 
 READ_SCRIPT = r"""
 local prefix = ARGV[1]
@@ -108,26 +107,11 @@ class TooManyEntities(BadRequest):
     """More entity rows than ``serving.max_entities``."""
 
 
-@dataclass
-class OnlineResult:
+@dataclass(kw_only=True)
+class OnlineResult(FeatureColumns):
     """Columnar answer: per output column, values, statuses, ages (ms) and default flags."""
 
     now_us: int
-    rows: int
-    names: list[str]
-    values: dict[str, list] = field(default_factory=dict)
-    status: dict[str, list[str]] = field(default_factory=dict)
-    age_ms: dict[str, list[float | None]] = field(default_factory=dict)
-    defaulted: dict[str, list[bool]] = field(default_factory=dict)
-    dtypes: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, list]:
-        """``{name: values}`` (statuses under ``<name>__status``)."""
-        out: dict[str, list] = {}
-        for name in self.names:
-            out[name] = self.values[name]
-            out[name + "__status"] = self.status[name]
-        return out
 
     def to_arrow(self):
         import pyarrow as pa
@@ -366,7 +350,7 @@ class OnlineReader:
         merged = None
         if windows:
             plan = plan_for(layout, windows, now)
-            merged = _merge_numeric(layout, plan, entries, exists, use_tail, n_life, now, wanted)
+            merged = merge_numeric(layout, plan, entries, exists, use_tail, n_life, now, wanted)
         complex_cache: dict[int, list] = {}
         latest_cache: list | None = None
         ages_entity = merged["age"] if merged else [None] * len(entries)
@@ -385,7 +369,7 @@ class OnlineReader:
                     if partial is not None and partial[0][0] >= now:
                         if slow_latest is None:
                             slow_latest = self._slow_latest(view, layout, unique, entries, now, use_tail)
-                        partial = _last_before(slow_latest.get(u, []), pos, now, layout)
+                        partial = last_before(slow_latest.get(u, []), pos, now, layout)
                         if partial is None:
                             values_u.append(None)
                             status_u.append("expired")
@@ -448,7 +432,7 @@ class OnlineReader:
                 continue
             decoded = cache.get(u)
             if decoded is None:
-                decoded = cache[u] = _decode_complex_columns(layout, entry)
+                decoded = cache[u] = decode_complex_columns(layout, entry)
             parts = [decoded["tiles"][j][pos] for j in range(n_fields) if mask[j]]
             extra = decoded["tiles"][n_fields:]
             if not use_tail and now > plan.open_start:
@@ -489,7 +473,7 @@ class OnlineReader:
             latest_idx = [c.index for c in layout.latest]
             items = [[d[i] for i in latest_idx] for d in decoded]
             for member in tails.get(u, []):
-                items.append(_tail_latest(layout, member))
+                items.append(tail_latest(layout, member))
             out[u] = items
         return out
 
@@ -500,22 +484,6 @@ def _cx_open(finest: int, open_start: int) -> bytes:
     return complex_field(finest, open_start)
 
 
-def _tail_latest(layout: ViewLayout, member: bytes) -> list:
-    """Latest-value partials of one tail event (its complex part carries every complex feature)."""
-    raw = member[ORDER.size + layout.width:]
-    decoded = layout.decode_complex(raw, latest=None) if raw else [None] * len(layout.complex)
-    return [decoded[c.index] for c in layout.latest]
-
-
-def _last_before(items: list[list], pos: int, now: int, layout: ViewLayout):
-    best = None
-    for entry in items:
-        partial = entry[pos]
-        if partial is not None and partial[0][0] < now and (best is None or partial[0] > best[0]):
-            best = partial
-    return best
-
-
 def layout_window(layout: ViewLayout, item: ResolvedFeature):
     return layout.windows[item.feature.name]
 
@@ -524,109 +492,3 @@ def _complex(layout: ViewLayout, item: ResolvedFeature) -> bool:
     return item.feature.name in layout.complex_names
 
 
-def _decode_complex_columns(layout: ViewLayout, entry) -> dict:
-    tiles = [layout.decode_complex(b, latest=None) for b in entry[3]]
-    windowed_idx = [c.index for c in layout.windowed_complex]
-    tiles = [[t[i] for i in windowed_idx] for t in tiles]
-    tail = []
-    for member in entry[2]:
-        raw = member[ORDER.size + layout.width:]
-        decoded = layout.decode_complex(raw, latest=None) if raw else [None] * len(layout.complex)
-        tail.append([decoded[i] for i in windowed_idx])
-    return {"tiles": tiles, "tail": tail}
-
-
-def _record_dtype(layout: ViewLayout) -> np.dtype:
-    return np.dtype([("i", "<i8", (layout.n_int,)), ("f", "<f8", (layout.n_float,))])
-
-
-def _merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail: int, n_life: int, now: int,
-                   wanted: set[str]) -> dict:
-    """Window values of every numeric feature for every entity, plus entity ages."""
-    n_ent = len(entries)
-    n_fields = len(plan.fields)
-    width = layout.width
-    open_cols = 0 if use_tail or not plan.open_field or now == plan.open_start else 1
-    n_cols = n_fields + open_cols + n_life
-    tails = [e[2] if e[0] == 1 else [] for e in entries]
-    t_max = max((len(t) for t in tails), default=0)
-    dtype = _record_dtype(layout)
-    total = n_cols + t_max
-    row_bytes = total * width
-    # the reply lists only the tiles present: (column, record) pairs; absent ones stay zero
-    buf = bytearray(n_ent * row_bytes)
-    head, end = ORDER.size, ORDER.size + width
-    for u, entry in enumerate(entries):
-        if entry[0] != 1:
-            continue
-        base = u * row_bytes
-        present = entry[1]
-        for i in range(0, len(present), 2):
-            off = base + (present[i] - 1) * width
-            buf[off:off + width] = present[i + 1]
-        off = base + n_cols * width
-        for member in tails[u]:
-            buf[off:off + width] = member[head:end]
-            off += width
-    records = np.frombuffer(buf, dtype=dtype).reshape(n_ent, total)
-    ints, floats = records["i"], records["f"]
-    masks = []
-    for w, base_mask in enumerate(plan.window_fields):
-        life = np.full(n_life, plan.window_lifetime[w], dtype=bool)
-        masks.append(np.concatenate([base_mask, np.ones(open_cols, dtype=bool), life, np.ones(t_max, dtype=bool)]))
-    values: dict[str, list] = {}
-    # every window's sums for every entity in two products: (W, C) @ (E, C, S) -> (E, W, S)
-    stacked = np.array(masks, dtype=np.int64).reshape(len(masks), total)
-    all_i = np.matmul(stacked, ints) if layout.n_int else np.zeros((n_ent, len(masks), 0), np.int64)
-    all_f = np.matmul(stacked.astype(np.float64), floats) if layout.n_float else \
-        np.zeros((n_ent, len(masks), 0), np.float64)
-    sums_i = [all_i[:, w, :] for w in range(len(masks))]
-    sums_f = [all_f[:, w, :] for w in range(len(masks))]
-    window_index = {window: w for w, window in enumerate(plan.windows)}
-    for slot in layout.numeric:
-        if slot.feature.name not in wanted:
-            continue
-        w = window_index[layout.windows[slot.feature.name]]
-        si, sf = sums_i[w], sums_f[w]
-        if slot.agg == "count" or (slot.agg == "sum" and slot.int_slots):
-            values[slot.feature.name] = si[:, slot.int_slots[0]].tolist()
-        elif slot.agg == "sum":
-            values[slot.feature.name] = sf[:, slot.float_slots[0]].tolist()
-        elif slot.agg == "mean":
-            count = si[:, slot.int_slots[0]]
-            sums = sf[:, slot.float_slots[0]]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean = sums / np.where(count == 0, 1, count)
-            values[slot.feature.name] = [m if c else None for m, c in zip(mean.tolist(), count.tolist())]
-        else:
-            values[slot.feature.name] = _extreme(slot, ints, floats, masks[w])
-    rows = ints[:, :, ROWS]
-    lowest = int(np.iinfo(np.int64).min)
-    newest = np.where(rows > 0, ints[:, :, MAX_TS], lowest).max(axis=1) if total else np.full(n_ent, lowest)
-    ages = [None if n == lowest or not e else (now - n) / 1000.0
-            for n, e in zip(newest.tolist(), exists.tolist())]
-    return {"values": values, "age": ages}
-
-
-def layout_window_of(layout: ViewLayout, feature):
-    return layout.windows[feature.name]
-
-
-def _extreme(slot, ints, floats, mask) -> list:
-    pick_min = slot.agg == "min"
-    if slot.float_slots:
-        present = ints[:, mask, slot.int_slots[0]] > 0
-        data = floats[:, mask, slot.float_slots[0]]
-        fill = np.inf if pick_min else -np.inf
-    else:
-        present = ints[:, mask, slot.int_slots[1]] > 0
-        data = ints[:, mask, slot.int_slots[0]]
-        info = np.iinfo(np.int64)
-        fill = info.max if pick_min else info.min
-    chosen = np.where(present, data, fill)
-    best = chosen.min(axis=1) if pick_min else chosen.max(axis=1)
-    any_present = present.any(axis=1)
-    out = [b if p else None for b, p in zip(best.tolist(), any_present.tolist())]
-    if slot.column_dtype == "bool":
-        out = [None if v is None else bool(v) for v in out]
-    return out
