@@ -170,6 +170,7 @@ examples:
 
 def register(sub, common) -> None:
     register_stream(sub, common)
+    register_status(sub, common)
     p = sub.add_parser("materialize", parents=[common], help="load backfilled tiles into the online store "
                        "(bootstrap) and record the watermark it is complete up to")
     p.add_argument("--views", nargs="+", metavar="VIEW", help="only these views (default: every online view)")
@@ -253,3 +254,25 @@ def register_stream(sub, common) -> None:
     p.add_argument("--idle-exit", type=float, default=None, metavar="S",
                    help="stop after S seconds without messages (default: run until Ctrl-C)")
     p.set_defaults(func=cmd_stream)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from parity.embedded import online_store_url, redis_client
+    from parity.serving.status import render, status
+
+    store = _store(args)
+    client = redis_client(online_store_url(store.config, start=False))
+    report = status(client, store.config.project, store.definitions, sample=args.sample)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def register_status(sub, common) -> None:
+    p = sub.add_parser("status", parents=[common], help="per-view freshness and lag, engine counters, offsets",
+                       description="Per online view: watermark, ingestion lag against its freshness SLO (what marks "
+                                   "served values stale), event-time lag; the stream engine's events/s, dead letters "
+                                   "by reason and applied-minus-ingested latency; per partition the offsets applied "
+                                   "with the tiles and landed in the offline log.")
+    p.add_argument("--sample", type=float, default=1.0, metavar="S",
+                   help="seconds between the two reads that give events/s (default 1; 0: no rate)")
+    p.set_defaults(func=cmd_status)

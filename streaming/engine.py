@@ -41,6 +41,9 @@ from parity.registry.online.writer import COMMIT_TIME, OnlineWriter, wall_clock_
 from parity.streaming.decode import DeadLetter, SourceDecoder, kafka_ingested_at
 
 LOG = logging.getLogger("parity.stream")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MAX_SCRIPT = "local old = redis.call('HGET', KEYS[1], ARGV[1]) " \
+             "if not old or tonumber(ARGV[2]) > tonumber(old) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end"
 
 
 @dataclass
@@ -218,6 +221,33 @@ class StreamEngine:
         for (topic, partition), items in fresh.items():
             self._land(topic, partition, items[0].offset(), items[-1].offset(), rows_of[(topic, partition)],
                        batch.committed_at)
+        self._publish(fresh, rows_of, events, batch.committed_at)
+
+    def _publish(self, fresh, rows_of, events, committed_at: int) -> None:
+        """Freshness counters for ``parity status`` and /metrics, in ``p:<project>:_engine``
+        (best effort, outside the batch's transaction): events, dead letters by reason,
+        applied_at - ingested_at histogram, newest applied event time per view."""
+        from parity.registry.online.keys import engine_key
+
+        pipe = self.writer.client.pipeline(transaction=False)
+        key = engine_key(self.writer.project)
+        pipe.hincrby(key, "events", sum(len(v) for v in fresh.values()))
+        pipe.hincrby(key, "batches", 1)
+        for reason, count in self.stats.dead_letters.items():
+            pipe.hset(key, f"dead/{reason}", count)
+        buckets = Counter()
+        for rows in rows_of.values():
+            for row in rows:
+                latency = (committed_at - row["_ingested_at"]) / 1e6
+                buckets[next((b for b in LATENCY_BUCKETS if latency <= b), "inf")] += 1
+        for bucket, count in buckets.items():
+            pipe.hincrby(key, f"latency_le/{bucket}", count)
+        for view, items in events.values():
+            if items:
+                newest = max(e.ts for e in items)
+                pipe.eval(MAX_SCRIPT, 1, key, f"newest_ts/{view.name}@{view.version}", newest)
+        pipe.hset(key, "last_batch_at", committed_at)
+        pipe.execute()
 
     def _land(self, topic: str, partition: int, first: int, last: int, rows: list[dict], applied_at: int) -> None:
         import pyarrow as pa

@@ -54,6 +54,15 @@ def test_stream_survives_a_sigkill_and_matches_the_training_set(tmp_path):
         assert any(k.startswith("offset/") for k in store.online_writer().read_progress()), "killed too early"
         drained = parity("stream", "--idle-exit", "4", cwd=project)
         assert "dead letters: none" in drained.stdout
+        report = json.loads(parity("status", "--json", "--sample", "0", cwd=project).stdout)
+        assert report["engine"]["events"] > 0  # best effort: a batch killed before publishing is not counted
+        assert {v["view"] for v in report["views"]} >= {"user_engagement@1", "video_safety@1"}
+        assert all(v["event_time_lag_s"] is not None for v in report["views"] if v["view"] != "user_profile@1")
+        applied = {(p["topic"], p["partition"]): (p["applied_offset"], p["landed_offset"])
+                   for p in report["partitions"]}
+        assert applied and all(a == landed for a, landed in applied.values())
+        table = parity("status", "--sample", "0", cwd=project).stdout
+        assert "user_engagement@1" in table and "engine:" in table and "dead letters: none" in table
 
         scan = store.scan_sql("video_events")
         follows = store.scan_sql("follow_events")

@@ -6,6 +6,7 @@ Keys (all under one project prefix, so several projects share a Redis)::
     p:<project>:<view>:<version>:t:<entity key>      sorted set: recent events (the open tile)
     p:<project>:<view>:<version>:meta                hash: watermark, tail_from, min_ts
     p:<project>:_progress                            hash: writers' progress markers
+    p:<project>:_engine                              hash: the stream engine's freshness counters
 
 Project and view names match ``[A-Za-z0-9_]`` (checked by the definition models), so a
 ``:`` never appears inside them. An entity key encodes each join key's *typed* value,
@@ -77,6 +78,11 @@ def meta_key(prefix: bytes) -> bytes:
 
 def progress_key(project: str) -> bytes:
     return f"p:{project}:_progress".encode()
+
+
+def engine_key(project: str) -> bytes:
+    """Hash of the stream engine's freshness counters (``parity status``)."""
+    return f"p:{project}:_engine".encode()
 
 
 def tile_field(resolution: int, start: int) -> bytes:
