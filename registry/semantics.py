@@ -289,3 +289,11 @@ def resolution_retention(view: FeatureView) -> dict[int, int | None]:
 
 def _max_keep(current: int | None, candidate: int) -> int | None:
     return None if current is None else max(current, candidate)
+
+
+def ingestion_lag_exceeds(view: FeatureView, watermark: int | None, now: int) -> bool:
+    """The ``stale`` rule: the view has a freshness SLO and its ingestion lag ``now -
+    watermark`` exceeds it; a view with an SLO and no watermark yet is stale (fail closed)."""
+    if not view.freshness_slo:
+        return False
+    return watermark is None or now - watermark > parse_duration(view.freshness_slo)

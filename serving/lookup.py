@@ -4,7 +4,7 @@ One request may name several entity types (``user_id`` for user features, ``vide
 for video features) and several versions of a view. Entity columns of length 1 are
 broadcast to the request's row count. Each view is read with **one** Lua call for all of
 its distinct entities (all views of a request share one round trip), which returns, per
-entity, the cover tiles' numeric records concatenated (missing tiles as zero records), the
+entity, the cover tiles present (column and numeric record; missing tiles are zero records), the
 tail events of the open tile, and the complex partials when the request needs them.
 Numeric features are then merged for all entities at once with numpy.
 
@@ -30,14 +30,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from parity.errors import ParityError
-from parity.registry.durations import from_micros, parse_duration
+from parity.registry.durations import floor_to, from_micros, parse_duration
 from parity.registry.models import Definitions, FeatureView
-from parity.registry.online.keys import encode_entity, entity_key, meta_key, tail_key, view_prefix
+from parity.registry.online.keys import complex_field, encode_entity, entity_key, meta_key, tail_key, view_prefix
 from parity.registry.online.layout import ViewLayout
 from parity.registry.online.writer import OnlineStoreUnavailable, wall_clock_us
 from parity.registry.partials import finalize, merge
 from parity.registry.resolve import ResolvedFeature, UnknownFeatureError, resolve
-from parity.registry.semantics import empty_value, latest_is_live, output_dtype
+from parity.registry.semantics import empty_value, ingestion_lag_exceeds, latest_is_live, output_dtype
 from parity.serving.merge import decode_complex_columns, last_before, merge_numeric, tail_latest
 from parity.serving.read_plan import latest_cover, plan_for
 from parity.serving.result import FeatureColumns
@@ -50,7 +50,7 @@ for j = 1, nf do fields[j] = ARGV[2 + j] end
 local i = 3 + nf
 local open_field, tail_lo, tail_hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
 local life_res, life_end = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-local want_complex, want_latest, zero = ARGV[i + 5] == '1', ARGV[i + 6] == '1', ARGV[i + 7]
+local want_complex, want_latest = ARGV[i + 5] == '1', ARGV[i + 6] == '1'
 local meta = redis.call('HMGET', KEYS[1], 'watermark', 'tail_from', 'min_ts')
 local use_tail = 0
 if open_field ~= '' and (not meta[2] or tonumber(tail_lo) >= tonumber(meta[2])) then use_tail = 1 end
@@ -319,9 +319,6 @@ class OnlineReader:
                                                frozenset(i.feature.name for i in items))
         return found
 
-    def _windows(self, layout: ViewLayout, items: list[ResolvedFeature]):
-        return self._shape(layout, items)[0]
-
     def _read_args(self, layout: ViewLayout, items, prefix: bytes, now: int) -> list:
         windows, want_complex, want_latest = self._shape(layout, items)[:3]
         if windows:
@@ -334,16 +331,14 @@ class OnlineReader:
         else:
             fields, open_field, life_res, life_end, lo, hi = [], b"", 0, 0, 0, -1
         return [prefix, len(fields), *fields, open_field, lo, hi, life_res, life_end,
-                "1" if want_complex else "0", "1" if want_latest else "0", layout.zero]
+                "1" if want_complex else "0", "1" if want_latest else "0"]
 
     # -- merging ------------------------------------------------------------------------
     def _answer(self, view, layout, items, unique, encoded_rows, reply, now, result) -> None:
         header, entries = reply[0], reply[1:]
         watermark = int(header[0]) if header[0] else None
         use_tail, n_life = int(header[2]), int(header[3])
-        stale = False
-        if view.freshness_slo:
-            stale = watermark is None or now - watermark > parse_duration(view.freshness_slo)
+        stale = ingestion_lag_exceeds(view, watermark, now)
         exists_list = [e[0] == 1 for e in entries]
         exists = np.array(exists_list, dtype=bool)
         windows, _wc, _wl, _items, meta, wanted = self._shape(layout, items)
@@ -449,11 +444,11 @@ class OnlineReader:
         past, or events ahead of the clock): merge the ttl cover's tiles and the tail."""
         prefix = view_prefix(self.project, view.name, view.version)
         ttl = max(parse_duration(c.feature.ttl) for c in layout.latest)
-        _fields, cx = latest_cover(layout, f"{ttl}us", now)
+        cx = latest_cover(layout, ttl, now)
         finest = layout.resolutions[0]
-        open_start = now - now % finest
+        open_start = floor_to(now, finest)
         if not use_tail and now > open_start:
-            cx.append(_cx_open(finest, open_start))
+            cx.append(complex_field(finest, open_start))
         wanted = [u for u, e in enumerate(entries) if e[0] == 1]
         keys = [entity_key(prefix, unique[u]) for u in wanted]
         tails = {}
@@ -476,12 +471,6 @@ class OnlineReader:
                 items.append(tail_latest(layout, member))
             out[u] = items
         return out
-
-
-def _cx_open(finest: int, open_start: int) -> bytes:
-    from parity.registry.online.keys import complex_field
-
-    return complex_field(finest, open_start)
 
 
 def layout_window(layout: ViewLayout, item: ResolvedFeature):

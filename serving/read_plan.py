@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from parity.registry.durations import floor_to, parse_duration
+from parity.registry.durations import floor_to
 from parity.registry.online.keys import complex_field, tile_field
 from parity.registry.online.layout import ViewLayout
 from parity.registry.semantics import Window, feature_window, tile_cover
@@ -30,7 +30,6 @@ from parity.registry.semantics import Window, feature_window, tile_cover
 @dataclass(frozen=True)
 class ReadPlan:
     fields: tuple[bytes, ...]            # complete cover tiles, in column order
-    complex_fields: tuple[bytes, ...]    # their complex fields (same order)
     open_field: bytes | None             # the open finest tile's record (fallback when no tail)
     open_start: int | None               # floor(now, finest): first instant of the open tile
     lifetime_res: int | None             # resolution of lifetime prefix tiles (the coarsest)
@@ -57,7 +56,6 @@ def _plan(layout: ViewLayout, open_start: int, windows: tuple[Window, ...]) -> R
     or exactly at ``now == open_start`` (no open tile) — both give the same complete tiles."""
     resolutions = layout.resolutions
     order: dict[bytes, int] = {}
-    complex_names: list[bytes] = []
     per_window: list[list[int]] = []
     lifetime_end = None
     lifetime: list[bool] = []
@@ -71,7 +69,6 @@ def _plan(layout: ViewLayout, open_start: int, windows: tuple[Window, ...]) -> R
             name = tile_field(tile.resolution, tile.start)
             if name not in order:
                 order[name] = len(order)
-                complex_names.append(complex_field(tile.resolution, tile.start))
             positions.append(order[name])
         per_window.append(positions)
         lifetime.append(window.is_lifetime)
@@ -84,7 +81,7 @@ def _plan(layout: ViewLayout, open_start: int, windows: tuple[Window, ...]) -> R
         masks.append(mask)
     finest = resolutions[0]
     return ReadPlan(
-        fields=tuple(order), complex_fields=tuple(complex_names),
+        fields=tuple(order),
         open_field=tile_field(finest, open_start), open_start=open_start,
         lifetime_res=resolutions[-1] if lifetime_end is not None else None, lifetime_end=lifetime_end,
         windows=windows, window_fields=tuple(masks), window_lifetime=tuple(lifetime))
@@ -95,14 +92,15 @@ def plan_for(layout: ViewLayout, windows: tuple[Window, ...], now: int) -> ReadP
     return _plan(layout, floor_to(now, finest), windows)
 
 
-def latest_cover(layout: ViewLayout, ttl: str, now: int) -> tuple[list[bytes], list[bytes]]:
-    """Complete tiles covering ``[floor(now - ttl, coarsest), floor(now, finest))``: the
-    slow path of a latest value whose newest stored event is not before ``now``."""
+def latest_cover(layout: ViewLayout, ttl: int, now: int) -> list[bytes]:
+    """Complex fields of the complete tiles covering ``[floor(now - ttl, coarsest),
+    floor(now, finest))``: the slow path of a latest value whose newest stored event is not
+    before ``now``. (Starting on a coarse boundary covers more than the ttl; the ttl rule
+    is applied to the value found.)"""
     coarsest, finest = layout.resolutions[-1], layout.resolutions[0]
-    start = floor_to(now - parse_duration(ttl), coarsest)
+    start = floor_to(now - ttl, coarsest)
     open_start = floor_to(now, finest)
     if start >= open_start:
-        return [], []
+        return []
     complete, _ = _cover_fields(start, open_start, layout.resolutions)
-    return ([tile_field(t.resolution, t.start) for t in complete],
-            [complex_field(t.resolution, t.start) for t in complete])
+    return [complex_field(t.resolution, t.start) for t in complete]

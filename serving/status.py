@@ -18,6 +18,7 @@ from parity.registry.durations import from_micros, parse_duration
 from parity.registry.models import Definitions
 from parity.registry.online.keys import engine_key, meta_key, progress_key, view_prefix
 from parity.registry.online.writer import wall_clock_us
+from parity.registry.semantics import ingestion_lag_exceeds
 
 
 def _iso(us: int | None) -> str | None:
@@ -54,7 +55,7 @@ def status(client, project: str, defs: Definitions, sample: float = 1.0) -> dict
         slo = parse_duration(view.freshness_slo) / 1e6 if view.freshness_slo else None
         views.append({
             "view": f"{view.name}@{view.version}", "freshness_slo_s": slo, "watermark": _iso(watermark),
-            "ingestion_lag_s": lag, "stale": bool(slo is not None and (lag is None or lag > slo)),
+            "ingestion_lag_s": lag, "stale": ingestion_lag_exceeds(view, watermark, now),
             "newest_event": _iso(int(newest)) if newest else None,
             "event_time_lag_s": (now - int(newest)) / 1e6 if newest else None,
         })
