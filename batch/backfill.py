@@ -35,6 +35,7 @@ from parity.batch.training_set import events_sql, floor_sql
 from parity.errors import ParityError
 from parity.registry.durations import DAY, floor_to, format_duration, from_micros, to_micros
 from parity.registry.models import Definitions, FeatureView
+from parity.registry.offline_log import tiles_resolution_dir, tiles_view_dir
 from parity.registry.schema import view_schema
 from parity.registry.semantics import tile_resolutions
 
@@ -57,8 +58,7 @@ def partial_columns(defs: Definitions, view: FeatureView) -> list[str]:
         for feature in view.features for suffix, sql in feature_partials(feature, schema)]
 
 
-def view_dir(root: Path, view: FeatureView) -> Path:
-    return root / view.name / f"v{view.version}"
+view_dir = tiles_view_dir  # the layout is shared with the online bootstrap (registry/offline_log.py)
 
 
 def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], start: datetime, end: datetime,
@@ -101,7 +101,7 @@ def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], 
 def _backfill_resolution(con, defs, root, scan_of, view, res, first_day, last_day, end_us) -> tuple[int, int]:
     entity = defs.entity(view.entity)
     keys = ", ".join(f"{q('__k_' + k)} AS {q(k)}" for k in entity.join_keys)
-    target = view_dir(root, view) / f"res={format_duration(res)}"
+    target = tiles_resolution_dir(root, view, res)
     staging = target.parent / f".staging-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     raw_keys = ", ".join(q("__k_" + k) for k in entity.join_keys)

@@ -379,3 +379,17 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- backfilled tile tables (written by the batch backfill, loaded by the online bootstrap) --
+
+def tiles_view_dir(root: Path, view) -> Path:
+    """``<tiles root>/<view>/v<version>``: a view version's backfilled tiles and ``_backfill.json``."""
+    return Path(root) / view.name / f"v{view.version}"
+
+
+def tiles_resolution_dir(root: Path, view, resolution: int) -> Path:
+    """``.../res=<resolution>``: its tiles of one resolution, ``date=YYYY-MM-DD/*.parquet``."""
+    from parity.registry.durations import format_duration
+
+    return tiles_view_dir(root, view) / f"res={format_duration(resolution)}"

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from parity.errors import ParityError
-from parity.registry.durations import format_duration, from_micros, to_micros
+from parity.registry.durations import from_micros, to_micros
+from parity.registry.offline_log import tiles_resolution_dir, tiles_view_dir
 from parity.registry.models import Definitions, FeatureView
 from parity.registry.online.layout import TileValue, ViewLayout
 from parity.registry.online.writer import OnlineWriter
@@ -104,7 +105,7 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
     now = writer.clock()
     for view in chosen:
         layout = writer.layout(view)
-        folder = tiles_root / view.name / f"v{view.version}"
+        folder = tiles_view_dir(tiles_root, view)
         watermark = _backfilled_until(folder, view)
         written = skipped = 0
         latest: dict[tuple, TileValue] = {}
@@ -112,8 +113,7 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
         pending = 0
         for resolution in layout.resolutions:
             keep = layout.resolution_retention[resolution]
-            res_dir = folder / f"res={format_duration(resolution)}"
-            files = sorted(res_dir.glob("date=*/*.parquet"))
+            files = sorted(tiles_resolution_dir(tiles_root, view, resolution).glob("date=*/*.parquet"))
             for path in files:
                 table = pq.read_table(path)
                 keys = list(layout.join_keys)
