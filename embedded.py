@@ -46,50 +46,31 @@ def _find_redis() -> str:
 
 
 @dataclass
-class RedisServer:
-    """A private ``redis-server`` process. ``url`` is ``redis://127.0.0.1:<port>/0``."""
+class _ServerProcess:
+    """A private server process on a loopback port, with its scratch folder."""
 
     port: int
     process: subprocess.Popen
     workdir: str
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
     @classmethod
-    def start(cls, port: int | None = None, timeout: float = 10.0) -> "RedisServer":
-        binary = _find_redis()
+    def _launch(cls, port: int | None, timeout: float, spawn, wait, what: str, hint: str | None = None):
+        """Start ``spawn(port) -> (process, workdir)`` on ``port`` (or a free one, retried up
+        to 5 times) until ``wait(server, deadline)`` returns None (ready) instead of a reason."""
         last_error = ""
         for _attempt in range(5):
             chosen = port or free_port()
-            workdir = tempfile.mkdtemp(prefix="parity-redis-")
-            process = subprocess.Popen(
-                [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", workdir, "--protected-mode", "yes", "--loglevel", "warning"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process, workdir = spawn(chosen)
             server = cls(chosen, process, workdir)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    last_error = (process.stdout.read() or b"").decode(errors="replace")[-400:] if process.stdout else ""
-                    break
-                if server.ping():
-                    atexit.register(server.stop)
-                    return server
-                time.sleep(0.02)
+            reason = wait(server, time.monotonic() + timeout)
+            if reason is None:
+                atexit.register(server.stop)
+                return server
+            last_error = reason
             server.stop()
             if port:
                 break
-        raise EmbeddedServerError(f"redis-server did not start: {last_error.strip() or 'timed out'}")
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        raise EmbeddedServerError(f"{what} did not start: {last_error}", hint=hint)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -102,6 +83,46 @@ class RedisServer:
         if self.process.stdout:
             self.process.stdout.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class RedisServer(_ServerProcess):
+    """A private ``redis-server`` process. ``url`` is ``redis://127.0.0.1:<port>/0``."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(cls, port: int | None = None, timeout: float = 10.0) -> "RedisServer":
+        binary = _find_redis()
+
+        def spawn(chosen: int):
+            workdir = tempfile.mkdtemp(prefix="parity-redis-")
+            return subprocess.Popen(
+                [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", workdir, "--protected-mode", "yes", "--loglevel", "warning"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT), workdir
+
+        def wait(server: "RedisServer", deadline: float) -> str | None:
+            while time.monotonic() < deadline:
+                if server.process.poll() is not None:
+                    out = server.process.stdout.read() if server.process.stdout else b""
+                    return (out or b"").decode(errors="replace")[-400:].strip() or "exited"
+                if server.ping():
+                    return None
+                time.sleep(0.02)
+            return "timed out"
+
+        return cls._launch(port, timeout, spawn, wait, "redis-server")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 def redis_client(url: str, **kwargs):
@@ -221,13 +242,9 @@ def _log_tail(path, limit: int = 400) -> str:
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(_ServerProcess):
     """A private Tansu broker process (memory storage). ``bootstrap_servers`` is
     ``127.0.0.1:<port>``; the broker advertises the same address."""
-
-    port: int
-    process: subprocess.Popen
-    workdir: str
 
     @property
     def bootstrap_servers(self) -> str:
@@ -236,40 +253,27 @@ class KafkaBroker:
     @classmethod
     def start(cls, port: int | None = None, timeout: float = 20.0) -> "KafkaBroker":
         binary = find_tansu()
-        last_error = ""
-        for _attempt in range(5):
-            chosen = port or free_port()
+
+        def spawn(chosen: int):
             workdir = tempfile.mkdtemp(prefix="parity-kafka-")
-            log_path = os.path.join(workdir, "tansu.log")
-            with open(log_path, "ab") as log:
-                process = subprocess.Popen(_tansu_command(binary, chosen), stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, cwd=workdir, env=_tansu_env())
-            broker = cls(chosen, process, workdir)
-            reason = _wait_for_broker(process, chosen, time.monotonic() + timeout)
+            with open(os.path.join(workdir, "tansu.log"), "ab") as log:
+                return subprocess.Popen(_tansu_command(binary, chosen), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=workdir, env=_tansu_env()), workdir
+
+        def wait(broker: "KafkaBroker", deadline: float) -> str | None:
+            reason = _wait_for_broker(broker.process, broker.port, deadline)
             if not reason:
-                atexit.register(broker.stop)
-                return broker
-            last_error = f"{reason}: {_log_tail(log_path)}" if _log_tail(log_path) else reason
-            broker.stop()
-            if port:
-                break
-        raise EmbeddedServerError(f"the Kafka broker (tansu) did not start: {last_error}",
-                                  hint="set PARITY_TANSU to another tansu binary, or set streaming.bootstrap_servers "
-                                       "to a running Kafka")
+                return None
+            tail = _log_tail(os.path.join(broker.workdir, "tansu.log"))
+            return f"{reason}: {tail}" if tail else reason
+
+        return cls._launch(port, timeout, spawn, wait, "the Kafka broker (tansu)",
+                           hint="set PARITY_TANSU to another tansu binary, or set streaming.bootstrap_servers "
+                                "to a running Kafka")
 
     def ready(self, timeout: float = 2.0) -> bool:
         """True when the broker answers a Kafka metadata request."""
         return self.process.poll() is None and kafka_metadata_ok(self.bootstrap_servers, timeout)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # -- the project's embedded servers (``parity dev up`` / ``down``) --------------------------
