@@ -21,6 +21,16 @@ engine resumes from them (Kafka's own committed offsets are only informational).
 before step 4 commits loses nothing (the batch is consumed again); a crash between 4 and 5
 leaves an applied but unlanded batch, which the engine re-reads and lands, without applying
 it again, under the same file name and ``applied_at``.
+
+Rebalances: a process whose partition moved to another member while it worked gets a
+:class:`~parity.registry.online.writer.ProgressConflict` from step 4 (the new owner moved
+the offsets it expected); it drops the batch, writes nothing, and seeks back to the stored
+offsets. ``landed/<topic>/<partition>`` only ever grows (a late lander cannot move it back).
+
+Bootstrap handoff: ``parity materialize`` of a backfill made with ``--handoff`` stores
+``offset/...`` (the last offset whose event is in the backfilled tiles) and ``landed/...``
+(the last offset already in the offline log). The engine applies from the first and lands
+only what is after the second, so the seam neither drops nor doubles an event.
 """
 
 from __future__ import annotations
@@ -37,13 +47,14 @@ from parity.registry.models import Definitions
 from parity.registry.offline_log import OfflineLog
 from parity.registry.online.accumulate import EventEvaluator
 from parity.registry.online.apply import apply_events
-from parity.registry.online.writer import COMMIT_TIME, OnlineWriter, wall_clock_us
+from parity.registry.online.writer import COMMIT_TIME, OnlineWriter, ProgressConflict, wall_clock_us
 from parity.streaming.decode import DeadLetter, SourceDecoder, kafka_ingested_at
 
 LOG = logging.getLogger("parity.stream")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_SCRIPT = "local old = redis.call('HGET', KEYS[1], ARGV[1]) " \
              "if not old or tonumber(ARGV[2]) > tonumber(old) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end"
+PHASES = ("consume", "decode", "evaluate", "apply", "land", "publish")
 
 
 @dataclass
@@ -54,6 +65,9 @@ class EngineStats:
     batches: int = 0
     dead_letters: Counter = field(default_factory=Counter)
     last_commit_us: int | None = None
+    tiles: int = 0  #: tile records written
+    conflicts: int = 0  #: batches dropped because another process owned their partitions
+    seconds: Counter = field(default_factory=Counter)  #: wall time per phase (see PHASES)
 
 
 def _marker(kind: str, topic: str, partition: int) -> str:
@@ -90,6 +104,9 @@ class StreamEngine:
                            for k in (defs.entity(v.entity).join_keys if defs.entity(v.entity) else {})})
             self.decoders[topic] = SourceDecoder(source, keys)
         self._stored: dict[str, str | None] = {}
+        self._landed: dict[tuple[str, int], int] = {}  # the offline log holds offsets <= this
+        self._consumer = None
+        self._published_dead: Counter = Counter()
         self._replay: dict[tuple[str, int], int] = {}  # partitions with applied but unlanded offsets
         self._assigned = False
         self._partitions: int | None = None
@@ -104,6 +121,7 @@ class StreamEngine:
             applied = progress.get(_marker("offset", tp.topic, tp.partition))
             landed = progress.get(_marker("landed", tp.topic, tp.partition))
             self._stored[_marker("offset", tp.topic, tp.partition)] = applied
+            self._landed[(tp.topic, tp.partition)] = -1 if landed is None else int(landed)
             start = None if applied is None else int(applied) + 1
             if applied is not None and (landed is None or int(landed) < int(applied)):
                 first = 0 if landed is None else int(landed) + 1
@@ -116,6 +134,7 @@ class StreamEngine:
     def _on_revoke(self, consumer, partitions) -> None:
         for tp in partitions:
             self._stored.pop(_marker("offset", tp.topic, tp.partition), None)
+            self._landed.pop((tp.topic, tp.partition), None)
             self._replay.pop((tp.topic, tp.partition), None)
             self._replay_rows.pop((tp.topic, tp.partition), None)
 
@@ -127,12 +146,16 @@ class StreamEngine:
         from parity.streaming.kafka import consumer_config
 
         consumer = Consumer(consumer_config(self.bootstrap, self.group_id, **self.consumer_overrides))
-        consumer.subscribe(list(self.sources), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._consumer = consumer
+        consumer.subscribe(list(self.sources), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
         idle_since = time.monotonic()
         try:
             while not (stop and stop.is_set()):
+                began = time.perf_counter()
                 messages = consumer.consume(num_messages=self.max_batch, timeout=self.flush_interval)
                 messages = [m for m in messages if m.error() is None]
+                self.stats.seconds["consume"] += time.perf_counter() - began
                 if messages:
                     self.process(messages, caught_up=len(messages) < self.max_batch)
                     idle_since = time.monotonic()
@@ -163,6 +186,8 @@ class StreamEngine:
 
     def process(self, messages, caught_up: bool = True) -> None:
         """Apply and land one micro-batch of Kafka messages."""
+        clock = time.perf_counter
+        began = clock()
         by_partition: dict[tuple[str, int], list] = {}
         for message in messages:
             by_partition.setdefault((message.topic(), message.partition()), []).append(message)
@@ -179,22 +204,27 @@ class StreamEngine:
                 fresh[key] = items
         if not fresh:
             return
-        self.stats.consumed += sum(len(v) for v in fresh.values())
+        consumed = sum(len(v) for v in fresh.values())
         rows_of: dict[tuple[str, int], list[dict]] = {}
         events = {}
         newest_ingest = 0
+        dead: list[tuple[str, DeadLetter]] = []
+        decoding = evaluating = 0.0
         for (topic, partition), items in fresh.items():
+            started = clock()
             decoder = self.decoders[topic]
             rows = []
             for message in items:
                 decoded = decoder.decode(message.value() or b"", partition=partition, offset=message.offset(),
                                          ingested_at_us=kafka_ingested_at(message))
                 if isinstance(decoded, DeadLetter):
-                    self._dead_letter(topic, decoded)
+                    dead.append((topic, decoded))
                     continue
                 rows.append(decoded)
                 newest_ingest = max(newest_ingest, decoded["_ingested_at"])
             rows_of[(topic, partition)] = rows
+            decoding += clock() - started
+            started = clock()
             for view in self.views[topic]:
                 evaluator = self.evaluators[(view.name, view.version)]
                 bucket = events.setdefault((view.name, view.version), (view, []))[1]
@@ -202,6 +232,9 @@ class StreamEngine:
                     event = evaluator.evaluate(row, partition, row["_offset"])
                     if event is not None:
                         bucket.append(event)
+            evaluating += clock() - started
+        self.stats.seconds["decode"] += decoding
+        self.stats.seconds["evaluate"] += evaluating
         progress, expect = {}, {}
         for (topic, partition), items in fresh.items():
             name = _marker("offset", topic, partition)
@@ -210,31 +243,89 @@ class StreamEngine:
             expect[name] = self._stored.get(name)
         mark = self.clock() if caught_up else newest_ingest
         watermarks = [(v, mark) for (topic, _p) in fresh for v in self.views[topic]]
-        batch = apply_events(self.writer, list(events.values()), progress=progress, expect=expect,
-                             watermarks=watermarks)
+        started = clock()
+        try:
+            batch = apply_events(self.writer, list(events.values()), progress=progress, expect=expect,
+                                 watermarks=watermarks)
+        except ProgressConflict as conflict:
+            self.stats.seconds["apply"] += clock() - started
+            self._fenced(fresh, conflict)
+            return
+        self.stats.seconds["apply"] += clock() - started
         for name, value in progress.items():
             if name.startswith("offset/"):
                 self._stored[name] = value
+        for topic, letter in dead:  # after the commit: a fenced-off batch sends none
+            self._dead_letter(topic, letter)
+        self.stats.consumed += consumed
         self.stats.batches += 1
         self.stats.applied += sum(len(v[1]) for v in events.values())
+        self.stats.tiles += batch.tiles
         self.stats.last_commit_us = batch.committed_at
+        started = clock()
         for (topic, partition), items in fresh.items():
-            self._land(topic, partition, items[0].offset(), items[-1].offset(), rows_of[(topic, partition)],
-                       batch.committed_at)
-        self._publish(fresh, rows_of, events, batch.committed_at)
+            landed = self._landed.get((topic, partition), -1)
+            if items[-1].offset() <= landed:
+                continue  # already in the offline log (a bootstrap handoff): applied, not landed again
+            first = next(m.offset() for m in items if m.offset() > landed)
+            rows = [r for r in rows_of[(topic, partition)] if r["_offset"] > landed]
+            self._land(topic, partition, first, items[-1].offset(), rows, batch.committed_at)
+        self.stats.seconds["land"] += clock() - started
+        started = clock()
+        self._publish(fresh, rows_of, events, batch)
+        self.stats.seconds["publish"] += clock() - started
+        self.stats.seconds["process"] += clock() - began
 
-    def _publish(self, fresh, rows_of, events, committed_at: int) -> None:
+    def _fenced(self, fresh, conflict: ProgressConflict) -> None:
+        """Another process moved this batch's offsets (it owns those partitions now): nothing
+        was written; forget the batch and seek back to the stored offsets."""
+        from confluent_kafka import TopicPartition
+
+        self.stats.conflicts += 1
+        LOG.warning("batch dropped: %s", conflict)
+        progress = self.writer.read_progress()
+        for topic, partition in fresh:
+            name = _marker("offset", topic, partition)
+            stored = progress.get(name)
+            self._stored[name] = stored
+            landed = progress.get(_marker("landed", topic, partition))
+            self._landed[(topic, partition)] = -1 if landed is None else int(landed)
+            if self._consumer is not None and stored is not None:
+                try:
+                    self._consumer.seek(TopicPartition(topic, partition, int(stored) + 1))
+                except Exception as exc:  # the partition is no longer assigned: the rebalance resumes it
+                    LOG.info("no seek on %s/%s: %s", topic, partition, exc)
+
+    def _publish(self, fresh, rows_of, events, batch) -> None:
         """Freshness counters for ``parity status`` and /metrics, in ``p:<project>:_engine``
-        (best effort, outside the batch's transaction): events, dead letters by reason,
-        applied_at - ingested_at histogram, newest applied event time per view."""
+        (best effort, outside the batch's transaction, summed over engine processes): events,
+        batches, tiles written, dead letters by reason, the applied_at - ingested_at
+        histogram, the newest applied event time per view, and per partition the end offset
+        the broker last reported (``end/<topic>/<partition>``, for consumer lag)."""
         from parity.registry.online.keys import engine_key
 
+        committed_at = batch.committed_at
         pipe = self.writer.client.pipeline(transaction=False)
         key = engine_key(self.writer.project)
         pipe.hincrby(key, "events", sum(len(v) for v in fresh.values()))
         pipe.hincrby(key, "batches", 1)
+        pipe.hincrby(key, "tiles", batch.tiles)
         for reason, count in self.stats.dead_letters.items():
-            pipe.hset(key, f"dead/{reason}", count)
+            delta = count - self._published_dead[reason]
+            if delta:
+                pipe.hincrby(key, f"dead/{reason}", delta)
+        self._published_dead = Counter(self.stats.dead_letters)
+        for (topic, partition), items in fresh.items():
+            end = items[-1].offset() + 1
+            if self._consumer is not None:
+                from confluent_kafka import TopicPartition
+
+                try:
+                    _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                    end = max(end, high)
+                except Exception:  # no cached figure yet
+                    pass
+            pipe.eval(MAX_SCRIPT, 1, key, f"end/{topic}/{partition}", end)
         buckets = Counter()
         for rows in rows_of.values():
             for row in rows:
@@ -264,7 +355,9 @@ class StreamEngine:
                     arrays.append(pa.array(values, type=f.type))
             table = pa.Table.from_arrays(arrays, schema=schema)
             self.offline_log.write(source, table, batch_id=f"k-{topic}-{partition}-{first}-{last}")
-        self.writer.client.hset(self.writer_progress_key, _marker("landed", topic, partition), str(last))
+        # only ever forward: a process that lost the partition may land its last batch late
+        self.writer.client.eval(MAX_SCRIPT, 1, self.writer_progress_key, _marker("landed", topic, partition), last)
+        self._landed[(topic, partition)] = max(last, self._landed.get((topic, partition), -1))
         self.stats.landed += len(rows)
 
     @property

@@ -48,10 +48,12 @@ return out
 @dataclass(frozen=True)
 class AppliedBatch:
     """``attempts`` used; ``committed_at``: the Redis server's time of the commit (µs), when
-    progress markers were written (the instant the batch became visible: its ``applied_at``)."""
+    progress markers were written (the instant the batch became visible: its ``applied_at``);
+    ``tiles``: the tile records the batch wrote."""
 
     attempts: int
     committed_at: int | None
+    tiles: int = 0  #: tile records written (every resolution)
 
 
 class ApplyRetriesExhausted(ParityError):
@@ -132,7 +134,7 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                 writer._queue(pipe, argv, dict(progress or {}))
                 replies = pipe.execute()
                 self_time = int(replies[-1]) if progress else None
-                return AppliedBatch(attempt, self_time)
+                return AppliedBatch(attempt, self_time, sum(len(p[5]) for p in plans))
             except redis.WatchError:
                 continue
     raise ApplyRetriesExhausted(f"a batch of {sum(len(v) for _view, v in events)} events collided with other "
