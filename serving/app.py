@@ -57,6 +57,7 @@ from parity.registry.resolve import UnknownFeatureError
 from parity.serving.feature_log import FeatureLogger, LoggedColumn
 from parity.serving.http_schema import FeaturesRequest, FeaturesResponse, HealthResponse, error_responses
 from parity.serving.lookup import BadRequest, OnlineReader, TooManyEntities
+from parity.serving.stream_metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,14 @@ def _authorizer(tokens: list[str]):
 # -- metrics ------------------------------------------------------------------------------
 
 class _Metrics:
-    """Per-app Prometheus registry. Reader and logger counters are read at scrape time."""
+    """Per-app Prometheus registry. Reader and logger counters, and the stream engine's
+    freshness figures (:mod:`parity.serving.stream_metrics`), are read at scrape time."""
 
     def __init__(self, reader: OnlineReader, feature_logger: FeatureLogger | None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # first: a scrape that cannot read Redis counts parity_errors{type="metrics_redis"} before it is collected
+        self.registry.register(StreamMetrics(reader.client, reader.project, reader.defs,
+                                             on_error=lambda kind: self.errors.labels(kind).inc()))
         self.lookup = Histogram("parity_lookup_seconds", "Time of one online lookup (Redis round trip and merge)",
                                 buckets=LOOKUP_BUCKETS, registry=self.registry)
         self.requests = Counter("parity_requests", "HTTP requests by endpoint and status code",

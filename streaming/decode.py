@@ -48,12 +48,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from parity.errors import ParityError
+from parity.registry.online.keys import DEAD_LETTER_REASONS
 from parity.registry.durations import format_duration, parse_duration
 from parity.registry.event_schema import (FLOAT32_MAX, INT_RANGES, MAX_US, MIN_US, check_value,
                                           format_instant, seconds_prefix_us)
 from parity.registry.models import Source
 
-REASONS = ("undecodable", "schema_mismatch", "missing_key", "missing_timestamp", "future_timestamp")
+REASONS = DEAD_LETTER_REASONS
 _PRIORITY = {"missing_key": 0, "missing_timestamp": 1, "schema_mismatch": 2, "future_timestamp": 3}
 _PREFIX_CACHE_MAX = 100_000
 

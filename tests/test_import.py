@@ -45,3 +45,24 @@ def test_parity_imports_as_one_package_and_installs_no_top_level_engine_modules(
             "print(u.find_spec('batch') is None, u.find_spec('serving') is None, u.find_spec('registry') is None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_layers_import_only_in_the_design_direction():
+    """DESIGN.md: registry imports no layer; batch, streaming and serving import only
+    registry (and the shared top-level modules), never each other."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    layers = {"registry", "batch", "streaming", "serving"}
+    found = []
+    for layer in sorted(layers):
+        for path in (root / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "parity" and len(parts) > 1 and parts[1] in layers - {"registry", layer}:
+                        found.append(f"{path.relative_to(root)} imports {name}")
+    assert found == []

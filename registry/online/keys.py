@@ -81,8 +81,14 @@ def progress_key(project: str) -> bytes:
 
 
 def engine_key(project: str) -> bytes:
-    """Hash of the stream engine's freshness counters (``parity status``)."""
+    """Hash of the stream engine's freshness counters (``parity status``, ``/metrics``)."""
     return f"p:{project}:_engine".encode()
+
+
+#: Dead-letter reasons of stream events (the decoder's and the counters' ``dead/<reason>``).
+DEAD_LETTER_REASONS = ("undecodable", "schema_mismatch", "missing_key", "missing_timestamp", "future_timestamp")
+#: Upper bounds (seconds) of the engine's ``latency_le/<bound>`` applied_at - ingested_at counters.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 def tile_field(resolution: int, start: int) -> bytes:
