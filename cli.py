@@ -196,13 +196,18 @@ def cmd_training_set(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    summary = _store(args).backfill(args.start, args.end, views=args.views, progress=not args.quiet)
+    summary = _store(args).backfill(args.start, args.end, views=args.views, progress=not args.quiet,
+                                    handoff=args.handoff)
     if args.json:
         _print_json({"start": summary.start.isoformat(), "end": summary.end.isoformat(), "views": summary.views,
-                     "files": summary.files, "tiles": summary.tiles, "seconds": summary.seconds})
+                     "files": summary.files, "tiles": summary.tiles, "seconds": summary.seconds,
+                     "handoff": summary.handoff})
         return 0
     print(f"backfilled {summary.tiles} tiles in {summary.files} files for {', '.join(summary.views)} "
           f"over [{summary.start}, {summary.end})")
+    for topic, cut in summary.handoff.items():
+        parts = ", ".join(f"{p}: <= {o}" for p, o in cut["applied"].items()) or "no Kafka rows in the log"
+        print(f"handoff {topic}: tiles hold offsets {parts}; `parity materialize` stores them for `parity stream`")
     return 0
 
 
@@ -275,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", required=True, type=_time, help="UTC start, e.g. 2026-01-01")
     p.add_argument("--end", required=True, type=_time, help="UTC end (exclusive), e.g. 2026-01-31T00:00:00Z")
     p.add_argument("--views", nargs="+", metavar="VIEW", help="only these views (default: all)")
+    p.add_argument("--handoff", action="store_true",
+                   help="cut stream sources at Kafka offsets (the log's _partition/_offset) instead of at --end "
+                        "alone, so that `parity materialize` + `parity stream` continue exactly after the tiles: "
+                        "no event dropped or counted twice at the seam")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_backfill)
 

@@ -27,6 +27,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     for name, info in summary.views.items():
         print(f"{name}: {info['tiles']} tiles loaded ({info['skipped_beyond_retention']} beyond retention "
               f"skipped), complete up to {info['watermark']}")
+    if summary.handoff:
+        print("handoff: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.handoff.items()))
+              + " (`parity stream` continues from these)")
     return 0
 
 

@@ -109,13 +109,16 @@ class FeatureStore:
                           key_columns=source_key_columns(self.definitions, source), progress=progress)
 
     def backfill(self, start: datetime, end: datetime, *, views: Sequence[str] | None = None,
-                 progress: bool = False):
-        """Compute tiles for ``[start, end)`` from the offline log (idempotent per date)."""
+                 progress: bool = False, handoff: bool = False):
+        """Compute tiles for ``[start, end)`` from the offline log (idempotent per date);
+        ``handoff``: cut stream sources at Kafka offsets for a seamless stream takeover
+        (see :mod:`parity.batch.backfill`)."""
         from parity.batch.backfill import backfill
 
         con = self._connect(capped=False)
         try:
-            return backfill(con, self.definitions, self.tiles_root, self.scan_sql, start, end, views, progress)
+            return backfill(con, self.definitions, self.tiles_root, self.scan_sql, start, end, views, progress,
+                            handoff)
         finally:
             con.close()
 

@@ -16,6 +16,18 @@ Work is done per UTC date: a run over ``[start, end)`` recomputes every date it 
 from the log (events before ``end``) and replaces that date's file atomically, so
 re-running a range replaces it and nothing is counted twice. The resolutions are
 :func:`parity.registry.semantics.tile_resolutions`: the ones the online store keeps.
+
+**Handoff** (``--handoff``): the seam with the stream engine is cut in Kafka offsets, not in
+time, because event times are not ordered by offset. For each partition ``p`` of a stream
+source's topic, ``applied[p]`` is the last offset before the first log row (of that
+partition) with ``ts >= end``, or the partition's last landed offset when there is none;
+``landed[p]`` is the partition's last landed offset. The tiles then hold exactly the rows
+with ``_offset <= applied[p]`` (plus rows landed from files, ``_partition`` -1, by time),
+all of which have ``ts < end``; ``parity materialize`` stores both as the engine's progress
+markers, and the engine applies every offset after ``applied[p]`` (a late event with
+``ts < end`` among them lands in its tile, not lost) and lands only those after
+``landed[p]`` (the log has the rest). No event is dropped or counted twice at the seam.
+The cut is recorded in ``_backfill.json`` with the range.
 """
 
 from __future__ import annotations
@@ -48,6 +60,24 @@ class BackfillSummary:
     files: int = 0
     tiles: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    handoff: dict[str, dict] = field(default_factory=dict)  #: topic -> {"applied": {p: o}, "landed": {p: o}}
+
+
+def handoff_cut(con, scan: str, ts_field: str, end_us: int) -> dict[str, dict[int, int]]:
+    """Per Kafka partition landed in ``scan``: ``applied`` (the last offset of the prefix
+    whose events are all before ``end_us``) and ``landed`` (the last offset in the log)."""
+    rows = con.execute(f"""
+        SELECT _partition, max(_offset), min(_offset) FILTER (WHERE epoch_us({q(ts_field)}) >= {end_us})
+        FROM {scan} WHERE _partition >= 0 GROUP BY 1 ORDER BY 1""").fetchall()
+    return {"applied": {int(p): int(last if first_after is None else first_after - 1) for p, last, first_after in rows},
+            "landed": {int(p): int(last) for p, last, _first in rows}}
+
+
+def _cut_scan(scan: str, applied: dict[int, int]) -> str:
+    """``scan`` without the Kafka rows after the cut (rows landed from files stay)."""
+    cases = " ".join(f"WHEN {int(p)} THEN {int(o)}" for p, o in sorted(applied.items()))
+    bound = f"CASE _partition {cases} ELSE -1 END" if cases else "-1"
+    return f"(SELECT * FROM {scan} WHERE _partition < 0 OR _offset <= {bound})"
 
 
 def partial_columns(defs: Definitions, view: FeatureView) -> list[str]:
@@ -62,8 +92,9 @@ view_dir = tiles_view_dir  # the layout is shared with the online bootstrap (reg
 
 
 def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], start: datetime, end: datetime,
-             views: Sequence[str] | None = None, progress: bool = False) -> BackfillSummary:
-    """Compute and write tiles for ``[start, end)`` (UTC) for the named views (default: all)."""
+             views: Sequence[str] | None = None, progress: bool = False, handoff: bool = False) -> BackfillSummary:
+    """Compute and write tiles for ``[start, end)`` (UTC) for the named views (default: all);
+    with ``handoff``, cut stream sources at the Kafka offsets of the seam (module docstring)."""
     start_us, end_us = to_micros(start), to_micros(end)
     if end_us <= start_us:
         raise ParityError(f"backfill range is empty: --start {start} is not before --end {end}")
@@ -74,6 +105,19 @@ def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], 
                           hint="live views: " + ", ".join(sorted({v.name for v in defs.feature_views})))
     first_day, last_day = floor_to(start_us, DAY), floor_to(end_us - 1, DAY)
     summary = BackfillSummary(start, end, [f"{v.name}@{v.version}" for v in chosen])
+    cuts: dict[str, dict] = {}  # source name -> cut
+    if handoff:
+        for view in chosen:
+            source = defs.source(view.source)
+            if source.kind == "stream" and source.kafka and source.name not in cuts:
+                cuts[source.name] = handoff_cut(con, scan_of(source.name), source.timestamp_field, end_us)
+                summary.handoff[source.kafka.topic] = cuts[source.name]
+        if not cuts:
+            raise ParityError("--handoff needs a view on a stream source with a Kafka topic; none was chosen",
+                              hint="drop --handoff, or add the streamed views to --views")
+
+    def scan_for(name: str) -> str:
+        return _cut_scan(scan_of(name), cuts[name]["applied"]) if name in cuts else scan_of(name)
     jobs = [(view, res) for view in chosen for res in tile_resolutions(view)]
     bar = None
     if progress:
@@ -85,7 +129,7 @@ def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], 
         name = f"{view.name} v{view.version} @{format_duration(res)}"
         if bar:
             bar.set_postfix_str(name)
-        files, tiles = _backfill_resolution(con, defs, root, scan_of, view, res, first_day, last_day, end_us)
+        files, tiles = _backfill_resolution(con, defs, root, scan_for, view, res, first_day, last_day, end_us)
         summary.files += files
         summary.tiles += tiles
         summary.seconds[name] = time.perf_counter() - began
@@ -94,7 +138,9 @@ def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], 
     if bar:
         bar.close()
     for view in chosen:
-        _record_range(view_dir(root, view), start, end)
+        cut = cuts.get(view.source)
+        _record_range(view_dir(root, view), start, end,
+                      None if cut is None else {"topic": defs.source(view.source).kafka.topic, **cut})
     return summary
 
 
@@ -150,11 +196,16 @@ def _swap(new: Path | None, old: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _record_range(folder: Path, start: datetime, end: datetime) -> None:
+def _record_range(folder: Path, start: datetime, end: datetime, handoff: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "_backfill.json"
     ranges = json.loads(path.read_text())["ranges"] if path.exists() else []
-    ranges.append({"start": start.isoformat(), "end": end.isoformat(), "computed_at": datetime.now(timezone.utc).isoformat()})
+    entry = {"start": start.isoformat(), "end": end.isoformat(), "computed_at": datetime.now(timezone.utc).isoformat()}
+    if handoff is not None:
+        entry["handoff"] = {"topic": handoff["topic"],
+                            "applied": {str(p): o for p, o in handoff["applied"].items()},
+                            "landed": {str(p): o for p, o in handoff["landed"].items()}}
+    ranges.append(entry)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"ranges": ranges}, indent=2))
     os.replace(tmp, path)

@@ -13,6 +13,13 @@ values. Then it records, atomically with the last batch:
   the tile holding the watermark read that tile's stored record (which has the backfilled
   events) and the stream engine's tail takes over after it.
 
+When the newest backfill of a streamed view was made with ``--handoff``, it also stores,
+in the same final transaction, the stream engine's progress markers for that topic:
+``offset/<topic>/<p>`` (the last offset the tiles hold) and ``landed/<topic>/<p>`` (the
+last offset already in the offline log), so ``parity stream`` continues exactly at the
+seam. Every online view of the topic must be materialized together (they share the
+offsets), and the store must not have streamed that topic past the seam already.
+
 Re-running it upserts the same absolute values: idempotent.
 """
 
@@ -37,19 +44,67 @@ BATCH_TILES = 2000
 @dataclass
 class MaterializeSummary:
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
+    handoff: dict[str, str] = field(default_factory=dict)  #: progress markers stored for the stream engine
 
     @property
     def tiles(self) -> int:
         return sum(v["tiles"] for v in self.views.values())
 
 
-def _backfilled_until(folder: Path, view: FeatureView) -> int:
+def _ranges(folder: Path, view: FeatureView) -> list[dict]:
     path = folder / "_backfill.json"
     if not path.exists():
         raise ParityError(f"view {view.name} v{view.version} has no backfilled tiles in {folder}",
                           hint=f"run `parity backfill --start ... --end ... --views {view.name}` first")
-    ranges = json.loads(path.read_text())["ranges"]
-    return max(to_micros(datetime.fromisoformat(r["end"])) for r in ranges)
+    return json.loads(path.read_text())["ranges"]
+
+
+def _backfilled_until(folder: Path, view: FeatureView) -> int:
+    return max(to_micros(datetime.fromisoformat(r["end"])) for r in _ranges(folder, view))
+
+
+def handoff_markers(writer: OnlineWriter, defs: Definitions, tiles_root: Path,
+                    chosen: Sequence[FeatureView]) -> tuple[dict[str, str], dict[str, str | None]]:
+    """The progress markers a ``--handoff`` backfill asks for, and the values they hold now
+    (the compare-and-set expectation). Raises when views of one topic disagree, when a view
+    of the topic is left out, or when the store has already streamed the topic elsewhere."""
+    cuts: dict[str, tuple[dict, list[str]]] = {}
+    for view in chosen:
+        newest = _ranges(tiles_view_dir(tiles_root, view), view)[-1]
+        cut = newest.get("handoff")
+        if cut is None:
+            continue
+        name = f"{view.name}@{view.version}"
+        seen = cuts.setdefault(cut["topic"], (cut, []))
+        if (seen[0]["applied"], seen[0]["landed"]) != (cut["applied"], cut["landed"]):
+            raise ParityError(f"views {', '.join(seen[1])} and {name} were backfilled with different handoff cuts "
+                              f"of topic {cut['topic']}",
+                              hint="backfill every view of the topic in one `parity backfill --handoff` run")
+        seen[1].append(name)
+    markers: dict[str, str] = {}
+    for topic, (cut, names) in cuts.items():
+        source = next(s for s in defs.sources if s.kafka and s.kafka.topic == topic)
+        needed = {f"{v.name}@{v.version}" for v in defs.feature_views if v.online and v.source == source.name}
+        left_out = sorted(needed - set(names))
+        if left_out:
+            raise ParityError(f"the handoff of topic {topic} needs every online view of source {source.name}; "
+                              f"missing: {', '.join(left_out)}",
+                              hint="materialize them together, after one `parity backfill --handoff` of all of them")
+        for p, o in cut["applied"].items():
+            markers[f"offset/{topic}/{p}"] = str(o)
+        for p, o in cut["landed"].items():
+            markers[f"landed/{topic}/{p}"] = str(o)
+    if not markers:
+        return {}, {}
+    stored = writer.read_progress()
+    for name, value in markers.items():
+        if name.startswith("offset/") and stored.get(name) not in (None, value):
+            raise ParityError(f"the online store has already streamed {name.removeprefix('offset/')} to offset "
+                              f"{stored[name]}, not the handoff's {value}",
+                              hint="materialize a handoff into an online store no engine has written for this "
+                                   "project (a new Redis, or one whose project keys were deleted)")
+    expect = {name: stored.get(name) for name in markers}
+    return markers, expect
 
 
 def _order_key(raw: dict | None) -> tuple | None:
@@ -103,7 +158,8 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
 
         bar = tqdm(desc="materialize", unit=" tiles")
     now = writer.clock()
-    for view in chosen:
+    markers, expect = handoff_markers(writer, defs, tiles_root, chosen)
+    for index, view in enumerate(chosen):
         layout = writer.layout(view)
         folder = tiles_view_dir(tiles_root, view)
         watermark = _backfilled_until(folder, view)
@@ -143,6 +199,9 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
         batch.set_watermark(view, watermark)
         if finest:
             batch.set_tail_from(view, -(-watermark // finest) * finest)
+        if markers and index == len(chosen) - 1:  # with the last tiles, in one transaction
+            batch.set_progress(markers, expect=expect)
+            summary.handoff = markers
         batch.commit()
         summary.views[f"{view.name}@{view.version}"] = {
             "tiles": written, "skipped_beyond_retention": skipped, "entities_with_latest": len(latest),

@@ -47,11 +47,11 @@ from parity.registry.models import Definitions
 from parity.registry.offline_log import OfflineLog
 from parity.registry.online.accumulate import EventEvaluator
 from parity.registry.online.apply import apply_events
+from parity.registry.online.keys import LATENCY_BUCKETS
 from parity.registry.online.writer import COMMIT_TIME, OnlineWriter, ProgressConflict, wall_clock_us
 from parity.streaming.decode import DeadLetter, SourceDecoder, kafka_ingested_at
 
 LOG = logging.getLogger("parity.stream")
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_SCRIPT = "local old = redis.call('HGET', KEYS[1], ARGV[1]) " \
              "if not old or tonumber(ARGV[2]) > tonumber(old) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end"
 PHASES = ("consume", "decode", "evaluate", "apply", "land", "publish")
@@ -314,7 +314,6 @@ class StreamEngine:
             delta = count - self._published_dead[reason]
             if delta:
                 pipe.hincrby(key, f"dead/{reason}", delta)
-        self._published_dead = Counter(self.stats.dead_letters)
         for (topic, partition), items in fresh.items():
             end = items[-1].offset() + 1
             if self._consumer is not None:
@@ -338,7 +337,12 @@ class StreamEngine:
                 newest = max(e.ts for e in items)
                 pipe.eval(MAX_SCRIPT, 1, key, f"newest_ts/{view.name}@{view.version}", newest)
         pipe.hset(key, "last_batch_at", committed_at)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except Exception as exc:  # counters only: the batch itself is committed and landed
+            LOG.warning("engine counters not published: %s", exc)
+            return
+        self._published_dead = Counter(self.stats.dead_letters)
 
     def _land(self, topic: str, partition: int, first: int, last: int, rows: list[dict], applied_at: int) -> None:
         import pyarrow as pa
