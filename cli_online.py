@@ -233,7 +233,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         bootstrap=bootstrap, offline_log=OfflineLog.from_config(config), group_id=config.streaming.group_id,
         max_batch=config.streaming.max_batch, flush_interval=parse_duration(config.streaming.flush_interval) / 1e6,
         dead_letter_dir=config.path("data/dead_letters") if config.streaming.dead_letter == "file" else None,
-        dead_letter_topics=config.streaming.dead_letter == "topic")
+        dead_letter_topics=config.streaming.dead_letter == "topic",
+        on_partitions=lambda what, parts: print(
+            f"{what} " + "; ".join(f"{t} {','.join(map(str, ps))}" for t, ps in parts.items()), flush=True))
     ensure_topics(bootstrap, {topic: 8 for topic in engine.sources})
     print(f"streaming {', '.join(engine.sources)} from {bootstrap} (group {config.streaming.group_id}); Ctrl-C stops",
           flush=True)

@@ -79,7 +79,8 @@ class StreamEngine:
                  group_id: str = "parity", max_batch: int = 5000, flush_interval: float = 0.2,
                  dead_letter_dir: Path | None = None, dead_letter_topics: bool = False,
                  clock: Callable[[], int] = wall_clock_us,
-                 consumer_overrides: dict | None = None):
+                 consumer_overrides: dict | None = None,
+                 on_partitions: Callable[[str, dict[str, list[int]]], None] | None = None):
         self.defs = defs
         self.bootstrap = bootstrap
         self.group_id = group_id
@@ -91,6 +92,7 @@ class StreamEngine:
         self._dlq_producer = None
         self.clock = clock
         self.consumer_overrides = consumer_overrides or {}
+        self.on_partitions = on_partitions  # ("assigned" | "revoked", {topic: [partitions]}) on every change
         self.writer = OnlineWriter(redis, project, defs, clock=clock)
         self.stats = EngineStats()
         self.sources = {s.kafka.topic: s for s in defs.sources if s.kind == "stream" and s.kafka}
@@ -130,8 +132,17 @@ class StreamEngine:
             tp.offset = OFFSET_BEGINNING if start is None else start
         consumer.assign(partitions)
         self._assigned = True
+        self._report("assigned", partitions)
+
+    def _report(self, what: str, partitions) -> None:
+        if self.on_partitions is not None and partitions:
+            grouped: dict[str, list[int]] = {}
+            for tp in partitions:
+                grouped.setdefault(tp.topic, []).append(tp.partition)
+            self.on_partitions(what, {t: sorted(ps) for t, ps in sorted(grouped.items())})
 
     def _on_revoke(self, consumer, partitions) -> None:
+        self._report("revoked", partitions)
         for tp in partitions:
             self._stored.pop(_marker("offset", tp.topic, tp.partition), None)
             self._landed.pop((tp.topic, tp.partition), None)
