@@ -18,11 +18,18 @@ OnlineStoreUnavailable        503   ``online_store_unavailable``
 anything else                 500   ``internal`` (logged server-side)
 ============================  ====  ===========================
 
-The endpoint is a sync function, so the blocking Redis lookup runs in the threadpool: a
-large or stalled lookup never holds up the event loop, health probes or small requests.
-Measured on 2 vCPUs (one uvicorn worker, 32 keep-alive clients, 1-user lookups), its p99
-was the same as ``async def`` + ``run_in_threadpool`` within noise; blocking the loop had
-a lower p99 on a quiet machine but multi-100-ms outliers behind large lookups.
+**Fast path.** A well-formed ``POST /v1/features`` is answered by :class:`_FastFeatures`, a
+thin ASGI layer in front of the framework: it checks the bearer token and headers, validates
+the body with the same :class:`~parity.serving.http_schema.FeaturesRequest` model
+(``model_validate_json``), and builds the same response with the same function; lookups of
+up to :data:`INLINE_ROWS` entity rows run on the event loop (a Redis round trip of well
+under a millisecond), larger ones in the threadpool so they never hold up the loop, health
+probes or small requests. Whatever it does not answer itself (a body or header that does not
+validate, a missing or wrong token, another content type, any error of the lookup) is
+replayed, body included, to the FastAPI route below, so every error answer is the one
+documented here and in ``/openapi.json``. The framework's per-request dependency solving and
+threadpool hop cost about 1.1 ms of CPU per small request on this machine; the fast path is
+what lets one worker sustain 1,000 lookups/s.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parity.errors import ConfigError, ParityError
@@ -64,6 +72,8 @@ log = logging.getLogger(__name__)
 ORJSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 ENDPOINTS = frozenset({"/v1/features", "/v1/health", "/metrics", "/openapi.json", "/docs"})
+INLINE_ROWS = 64  # fast-path lookups of at most this many entity rows run on the event loop
+_JSON_TYPES = (b"application/json", b"application/json; charset=utf-8")
 REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN.encode())
 AUTH_HINT = "send `Authorization: Bearer <token>` with a token from serving.auth_tokens or PARITY_AUTH_TOKENS"
@@ -136,6 +146,8 @@ class _Metrics:
         self.requests = Counter("parity_requests", "HTTP requests by endpoint and status code",
                                 ["endpoint", "code"], registry=self.registry)
         self.errors = Counter("parity_errors", "Error responses by error type", ["type"], registry=self.registry)
+        self.fast_path = Counter("parity_fast_path_answers", "POST /v1/features answered by the fast path (the "
+                                 "rest went through the framework's route)", registry=self.registry)
         self.reader, self.feature_logger = reader, feature_logger
         self.registry.register(self)
 
@@ -268,6 +280,80 @@ class _Observe:
             self.metrics.requests.labels(path if path in ENDPOINTS else "other", str(status)).inc()
 
 
+class _FastFeatures:
+    """``POST /v1/features`` without the framework's per-request machinery (module docstring).
+
+    ``answer(request, request_id) -> Response`` is the route's own answer function. Anything
+    this layer does not answer goes to ``app`` with the body replayed."""
+
+    def __init__(self, app: Any, answer: Any, tokens: list[str], auth_on: bool, metrics: "_Metrics") -> None:
+        self.app, self.answer, self.auth_on = app, answer, auth_on
+        self.bearers = [b"Bearer " + t.encode() for t in tokens]
+        self.answered = metrics.fast_path
+
+    def _admissible(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        content_type = authorization = request_id = None
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value.lower()
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                request_id = value
+        if content_type not in _JSON_TYPES:
+            return False
+        if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
+            return False  # the route answers 422 naming the header
+        if self.auth_on:
+            if authorization is None:
+                return False
+            matched = False
+            for bearer in self.bearers:  # compare with every token: the time does not depend on which matched
+                matched |= hmac.compare_digest(authorization, bearer)
+            return matched
+        return True
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/features" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if self._admissible(scope["headers"]):
+            try:
+                request = FeaturesRequest.model_validate_json(body)
+            except ValueError:  # pydantic's ValidationError: the route answers 422 naming the field
+                request = None
+            if request is not None:
+                rid = scope["state"]["request_id"]
+                rows = max(len(v) for v in request.entities.values())
+                try:
+                    if rows <= INLINE_ROWS:
+                        response = self.answer(request, rid, True)
+                    else:
+                        response = await run_in_threadpool(self.answer, request, rid, True)
+                except Exception:  # every error answer is the route's (it maps and counts them)
+                    response = None
+                if response is not None:
+                    self.answered.inc()
+                    return await response(scope, replay, send)
+        return await self.app(scope, replay, send)
+
+
 # -- the app ------------------------------------------------------------------------------
 
 def _iso(value: Any) -> Any:
@@ -314,7 +400,9 @@ def create_app(reader: OnlineReader, *, tokens: list[str], require_auth: bool,
     _install_error_handlers(app, metrics)
     errors = error_responses(auth_on)
 
-    def answer(body: FeaturesRequest, rid: str) -> Response:
+    def answer(body: FeaturesRequest, rid: str, may_retry: bool = False) -> Response:
+        """The response of a valid request. ``may_retry=True`` (the fast path): a failed lookup
+        is not timed, because the route, which maps the error, runs it again and times it."""
         features = list(body.features) if body.features is not None else None
         started = time.perf_counter()
         try:
@@ -322,12 +410,13 @@ def create_app(reader: OnlineReader, *, tokens: list[str], require_auth: bool,
         except Exception as exc:
             import redis
 
+            if not may_retry:
+                metrics.lookup.observe(time.perf_counter() - started)
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 raise OnlineStoreUnavailable(f"online store (Redis) unreachable: {exc}",
                                              hint="check online_store.connection_string") from None
             raise
-        finally:
-            metrics.lookup.observe(time.perf_counter() - started)
+        metrics.lookup.observe(time.perf_counter() - started)
         resolved = reader.resolve(body.service, features)
         columns = {}
         for item in resolved:
@@ -384,7 +473,8 @@ def create_app(reader: OnlineReader, *, tokens: list[str], require_auth: bool,
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
-    app.add_middleware(_Observe, metrics=metrics)
+    app.add_middleware(_FastFeatures, answer=answer, tokens=tokens, auth_on=auth_on, metrics=metrics)
+    app.add_middleware(_Observe, metrics=metrics)  # added last: the outermost layer
     app.state.metrics = metrics
     return app
 

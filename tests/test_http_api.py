@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 
 import httpx
+import orjson
 import pytest
 
 import parity
@@ -425,3 +426,38 @@ def test_parity_serve_end_to_end(tmp_path, redis_server):
             _out, err = server.communicate()
     assert err.startswith(f"parity: serving project short_video on http://127.0.0.1:{port} (2 worker(s)"), err
     assert "Traceback" not in err
+
+
+def test_fast_path_answers_exactly_like_the_route(tiles):
+    """Valid lookups skip the framework (``_FastFeatures``); the same request sent with a JSON
+    content type the fast path leaves to the route gets the same answer, byte for byte, and
+    everything the fast path does not accept still gets the route's documented error."""
+    app = create_app(make_reader(tiles, max_entities=50), tokens=["s3cret"], require_auth=True, project=PROJECT)
+    auth = {"Authorization": "Bearer s3cret"}
+    requests = [{"service": "ranking", "entities": ENTITIES},
+                {"features": ["user_stats:*"], "entities": {"user_id": [1, 2, 99]}},
+                {"service": "ranking", "entities": {"user_id": [1], "video_id": [f"v{i}" for i in range(40)]}}]
+    with AsgiClient(app) as http:
+        for i, body in enumerate(requests):
+            headers = {**auth, "X-Request-Id": f"same-{i}"}
+            fast = http.post("/v1/features", content=orjson.dumps(body),
+                             headers={**headers, "Content-Type": "application/json"})
+            route = http.post("/v1/features", content=orjson.dumps(body),
+                              headers={**headers, "Content-Type": "application/vnd.parity+json"})
+            assert fast.status_code == route.status_code == 200, (fast.text, route.text)
+            assert fast.content == route.content
+        answered = metric(http.get("/metrics", headers=auth).text, "parity_fast_path_answers_total")
+        assert answered == len(requests)
+        # left to the route: each gets its documented error, none a 500
+        cases = [({"service": "nope", "entities": ENTITIES}, auth, 404),
+                 ({"service": "ranking", "entities": {"user_id": [1], "video_id": list(range(60))}}, auth, 413),
+                 ({"service": "ranking", "features": ["a:b"], "entities": ENTITIES}, auth, 422),
+                 ({"service": "ranking", "entities": ENTITIES}, {"Authorization": "Bearer wrong"}, 401),
+                 ({"service": "ranking", "entities": ENTITIES}, {**auth, "X-Request-Id": "bad id!"}, 422)]
+        for body, headers, code in cases:
+            response = post(http, body, **headers)
+            assert response.status_code == code, (body, response.text)
+            assert "Traceback" not in response.text and response.json()["error"]["request_id"]
+        bad_json = http.post("/v1/features", content=b'{"service": ', headers={**auth, "Content-Type": "application/json"})
+        assert bad_json.status_code == 422 and bad_json.json()["error"]["type"] == "validation"
+        assert metric(http.get("/metrics", headers=auth).text, "parity_fast_path_answers_total") == len(requests)
