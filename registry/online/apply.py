@@ -8,8 +8,10 @@ batch's progress markers, in one transaction. Concurrency is optimistic:
 1. ``WATCH`` the touched entity keys and the progress key;
 2. check the expected progress markers (a writer that lost its partitions is fenced off:
    :class:`~parity.registry.online.writer.ProgressConflict`, nothing written);
-3. read the touched tiles and latest values (one Lua call), merge the batch into them with
-   the registry's partial merges;
+3. read the touched tiles and latest values (one Lua call), merge the batch into them: the
+   numeric records of every touched tile of a view at once
+   (:class:`~parity.registry.online.layout.NumericFold`), the complex partials and latest
+   values with the registry's partial merges;
 4. ``MULTI`` / ``EXEC`` the absolute values, the tail events and the markers.
 
 If another writer changed a watched entity in between (two engine processes whose
@@ -31,6 +33,7 @@ from parity.registry.online.keys import (
 )
 from parity.registry.online.layout import TileValue
 from parity.registry.online.writer import OnlineWriter, ProgressConflict
+from parity.registry.partials import merge
 
 READ_TILES = r"""
 local out = {}
@@ -123,8 +126,13 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                     args += [len(plan[6]), *plan[6]]
                 stored = pipe.evalsha(read_sha, len(plans), *[p[7] for p in plans], *args) if plans else []
                 batch = writer.batch()
-                for plan, values in zip(plans, stored):
-                    _merge_into(batch, plan, values)
+                first = 0
+                while first < len(plans):  # plans come grouped by view
+                    last = first
+                    while last < len(plans) and plans[last][0] is plans[first][0]:
+                        last += 1
+                    _merge_view(batch, plans[first:last], stored[first:last])
+                    first = last
                 for view, mark in watermarks:
                     batch.set_watermark(view, mark)
                 argv = [(vw, writer._args(vw)) for vw in batch._views.values()]
@@ -141,23 +149,69 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                                 f"writers {retries} times", hint="fewer engine processes, or smaller batches")
 
 
-def _merge_into(batch, plan, values) -> None:
+def _merge_view(batch, plans, stored) -> None:
+    """Merge one view's events into its stored tiles: every numeric record in one
+    :class:`NumericFold` pass, complex partials per tile, latest values per entity."""
+    import numpy as np
+
+    view, layout = plans[0][0], plans[0][1]
+    fold = layout.fold
+    tiles: list[tuple[int, int, int, dict]] = []  # (plan, resolution, start, stored fields)
+    blobs: list[bytes] = []
+    index: dict[tuple[int, int, int], int] = {}
+    for i, (plan, values) in enumerate(zip(plans, stored)):
+        fields = dict(zip(plan[6], values))
+        for resolution, start in plan[5]:
+            index[(i, resolution, start)] = len(tiles)
+            tiles.append((i, resolution, start, fields))
+            blobs.append(fields.get(tile_field(resolution, start)) or layout.zero)
+    records: list[bytes] = []
+    group: list[int] = []
+    source: list[int] = []
+    by_tile: dict[int, list[Event]] = {}
+    encoded: list[list[bytes]] = []
+    for i, plan in enumerate(plans):
+        mine_records = []
+        for event in plan[4]:
+            record = layout.encode_numeric(event.value)
+            mine_records.append(record)
+            records.append(record)
+            for resolution in layout.resolutions:
+                t = index[(i, resolution, floor_to(event.ts, resolution))]
+                group.append(t)
+                source.append(len(records) - 1)
+                if layout.complex:
+                    by_tile.setdefault(t, []).append(event)
+        encoded.append(mine_records)
+    everything = np.vstack([fold.records(blobs), fold.records(records)[np.asarray(source, dtype=np.int64)]])
+    groups = np.concatenate([np.arange(len(tiles)), np.asarray(group, dtype=np.int64)])
+    order = np.argsort(groups, kind="stable")  # each tile's stored record first, then its events in order
+    starts = np.searchsorted(groups[order], np.arange(len(tiles)))
+    merged = fold.reduce(everything[order], starts)
+    raw, width = merged.tobytes(), layout.width
+    rows = merged[:, 0].tolist()
+    for t, (i, resolution, start, fields) in enumerate(tiles):
+        complex_json = None
+        if layout.complex:
+            parts = by_tile.get(t, [])
+            old = (layout.decode_complex(fields.get(complex_field(resolution, start)))
+                   if fields.get(tile_field(resolution, start)) else [None] * len(layout.complex))
+            value = TileValue()
+            for spec, partial in zip(layout.complex, old):
+                merged_partial = merge(spec.agg, [partial] + [e.value.partials.get(spec.feature.name) for e in parts],
+                                       spec.feature.k)
+                if merged_partial is not None:
+                    value.partials[spec.feature.name] = merged_partial
+            complex_json = layout.encode_complex(value)
+        batch.put_encoded_tile(view, plans[i][2], resolution, start, raw[t * width:(t + 1) * width], complex_json,
+                               rows[t])
+    for i, (plan, values) in enumerate(zip(plans, stored)):
+        _merge_latest(batch, plan, values, encoded[i])
+
+
+def _merge_latest(batch, plan, values, records) -> None:
     view, layout, code, entity, mine, tiles, fields, _key = plan
     stored = dict(zip(fields, values))
-    by_tile: dict[tuple[int, int], list[Event]] = {}
-    for event in mine:
-        for resolution in layout.resolutions:
-            by_tile.setdefault((resolution, floor_to(event.ts, resolution)), []).append(event)
-    for resolution, start in tiles:
-        numeric = stored.get(tile_field(resolution, start))
-        old = layout.decode_numeric(numeric) if numeric else None
-        if old is not None and layout.complex:
-            extra = layout.decode_complex(stored.get(complex_field(resolution, start)))
-            for spec, partial in zip(layout.complex, extra):
-                if partial is not None:
-                    old.partials[spec.feature.name] = partial
-        parts = ([old] if old is not None else []) + [e.value for e in by_tile[(resolution, start)]]
-        batch.put_tile(view, code, resolution, start, layout.merge_values(parts))
     if layout.latest:
         raw = stored.get(LATEST_FIELD)
         parts = []
@@ -167,4 +221,4 @@ def _merge_into(batch, plan, values) -> None:
         parts += [TileValue(partials={c.feature.name: e.value.partials.get(c.feature.name) for c in layout.latest})
                   for e in mine]
         batch.put_latest(view, code, layout.merge_values(parts))
-    batch.add_events(view, mine)
+    batch.add_events(view, mine, numeric=records, entity=code)

@@ -177,6 +177,14 @@ class WriteBatch:
                  value: TileValue) -> bool:
         """Upsert one tile's absolute value. Returns False (and writes nothing) when the tile
         is older than its resolution's retention on the writer's clock."""
+        layout = self._view(view).layout
+        return self.put_encoded_tile(view, entity, resolution, start, layout.encode_numeric(value),
+                                     layout.encode_complex(value) if layout.complex else None, value.rows)
+
+    def put_encoded_tile(self, view: FeatureView, entity: Sequence[Any] | bytes, resolution: int, start: int,
+                         numeric: bytes, complex_json: bytes | None, rows: int) -> bool:
+        """:meth:`put_tile` of a value already encoded by the view's layout (``rows``: its
+        event count): for writers that merge records in bulk."""
         vw = self._view(view)
         layout = vw.layout
         if resolution not in layout.resolutions or start % resolution:
@@ -187,12 +195,12 @@ class WriteBatch:
         if keep is not None and end + keep <= self.writer.clock():
             return False
         item = self._entity(vw, entity)
-        item.fields[tile_field(resolution, start)] = layout.encode_numeric(value)
-        if layout.windowed_complex or layout.latest:
-            item.fields[complex_field(resolution, start)] = layout.encode_complex(value)
+        item.fields[tile_field(resolution, start)] = numeric
+        if layout.complex:
+            item.fields[complex_field(resolution, start)] = complex_json
         horizon = None if keep is None else end + keep
         item.horizon_end = _later(item.horizon_end, horizon, keep is None)
-        if value.rows:
+        if rows:
             vw.min_ts = start if vw.min_ts is None else min(vw.min_ts, start)
         return True
 
@@ -206,16 +214,21 @@ class WriteBatch:
             ttl = max((parse_duration(c.feature.ttl) for c in vw.layout.latest if c.feature.ttl), default=0)
             item.horizon_end = _later(item.horizon_end, max(stamps) + ttl, False)
 
-    def add_events(self, view: FeatureView, events: Iterable[Event]) -> None:
-        """Record recent events in the tail (events before the tail floor are skipped)."""
+    def add_events(self, view: FeatureView, events: Iterable[Event], numeric: Sequence[bytes] | None = None,
+                   entity: bytes | None = None) -> None:
+        """Record recent events in the tail (events before the tail floor are skipped).
+        ``numeric``: the events' records, when the caller has encoded them already;
+        ``entity``: their encoded entity, when they all share it."""
         vw = self._view(view)
-        floor = self.writer.tail_floor(vw.layout)
-        for event in events:
+        layout = vw.layout
+        floor = self.writer.tail_floor(layout)
+        for i, event in enumerate(events):
             if floor is not None and event.ts < floor:
                 continue
-            item = self._entity(vw, event.entity)
-            member = (ORDER.pack(event.ts, event.partition, event.offset) + vw.layout.encode_numeric(event.value)
-                      + vw.layout.encode_complex(event.value))
+            item = self._entity(vw, event.entity if entity is None else entity)
+            member = (ORDER.pack(event.ts, event.partition, event.offset)
+                      + (layout.encode_numeric(event.value) if numeric is None else numeric[i])
+                      + layout.encode_complex(event.value))
             item.tail[member] = event.ts
 
     def set_watermark(self, view: FeatureView, watermark_us: int) -> None:
