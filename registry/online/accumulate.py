@@ -50,8 +50,15 @@ class EventEvaluator:
             schema = self.layout.schema
         self.timestamp_columns = {c for c, t in self.layout.schema.items() if t == "timestamp"}
         self.features = []
+        self.filters = []  # each distinct `where` once: features sharing one reuse its result per event
+        distinct: dict[str, int] = {}
         for feature in view.features:
-            where = compile_python(parse(feature.where), self.layout.schema) if feature.where else None
+            where = None
+            if feature.where:
+                if feature.where not in distinct:
+                    distinct[feature.where] = len(self.filters)
+                    self.filters.append(compile_python(parse(feature.where), self.layout.schema))
+                where = distinct[feature.where]
             agg = "last" if feature.window is None else feature.agg
             self.features.append((feature.name, agg, feature.column, where))
 
@@ -72,9 +79,14 @@ class EventEvaluator:
                 row[name] = evaluate(row)
         order = (ts, partition, offset)
         value = TileValue(rows=1, max_ts=ts)
+        passed = [None] * len(self.filters)
         for name, agg, column, where in self.features:
-            if where is not None and where(row) is not True:
-                continue
+            if where is not None:
+                ok = passed[where]
+                if ok is None:
+                    ok = passed[where] = self.filters[where](row) is True
+                if not ok:
+                    continue
             item = row.get(column) if column else None
             if column is not None and item is None:
                 continue
