@@ -10,19 +10,12 @@ computed from that log at the same instant (event-time mode: every event is appl
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-
-import duckdb
-import pyarrow as pa
-
 from parity.feature_store import FeatureStore
-from parity.registry.durations import to_micros
+from stream_fixtures import assert_landed_once, assert_online_equals_training_set
 
 RUN = [sys.executable, "-m", "parity.cli"]
 
@@ -64,31 +57,7 @@ def test_stream_survives_a_sigkill_and_matches_the_training_set(tmp_path):
         table = parity("status", "--sample", "0", cwd=project).stdout
         assert "user_engagement@1" in table and "engine:" in table and "dead letters: none" in table
 
-        scan = store.scan_sql("video_events")
-        follows = store.scan_sql("follow_events")
-        counts = duckdb.sql(f"SELECT count(*), count(DISTINCT (_partition, _offset)), count(DISTINCT event_id) "
-                            f"FROM {scan}").fetchall()[0]
-        follow_count = duckdb.sql(f"SELECT count(*) FROM {follows}").fetchall()[0][0]
-        assert counts[0] == counts[1] == counts[2], counts          # each event landed once
-        assert counts[0] + follow_count == 6000, (counts, follow_count)
-
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        users = [r[0] for r in duckdb.sql(f"SELECT user_id FROM {scan} GROUP BY 1 ORDER BY count(*) DESC LIMIT 5")
-                 .fetchall()]
-        videos = [r[0] for r in duckdb.sql(f"SELECT video_id FROM {scan} GROUP BY 1 ORDER BY count(*) DESC LIMIT 5")
-                  .fetchall()]
-        features = ["user_engagement:plays_1h", "user_engagement:watch_ms_24h", "user_engagement:skips_1h",
-                    "video_engagement:plays_10m", "video_engagement:likes_1h", "video_engagement:watch_ms_mean_24h"]
-        online = store.get_online_features({"user_id": users, "video_id": videos}, features=features, now=now)
-        spine = pa.table({"user_id": users, "video_id": videos, "ts": pa.array([now] * 5, pa.timestamp("us"))})
-        offline = store.get_training_set(spine, features=features).to_pylist()
-        for name in online.names:
-            for i in range(5):
-                got, want = online.values[name][i], offline[i][name]
-                if isinstance(want, float):
-                    assert abs(got - want) <= 1e-9 * max(abs(want), 1e-300), (name, i, got, want)
-                else:
-                    assert got == want, (name, i, got, want)
-        assert sum(online.values["user_engagement__watch_ms_24h"]) > 0
+        assert_landed_once(store, 6000)
+        assert_online_equals_training_set(store, 5)
     finally:
         subprocess.run([*RUN, "dev", "down"], cwd=project, capture_output=True)

@@ -15,12 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
-
-import duckdb
-import pyarrow as pa
 
 from parity.feature_store import FeatureStore
+from stream_fixtures import assert_landed_once, assert_online_equals_training_set
 
 RUN = [sys.executable, "-m", "parity.cli"]
 SENT = 40_000
@@ -112,33 +109,8 @@ def test_two_engines_share_partitions_and_one_is_killed(tmp_path):
         assert b.process.wait(180) == 0, b.lines
         assert any(line.startswith("consumed ") and "dead letters: none" in line for line in b.lines), b.lines
 
-        scan = store.scan_sql("video_events")
-        counts = duckdb.sql(f"SELECT count(*), count(DISTINCT (_partition, _offset)), count(DISTINCT event_id) "
-                            f"FROM {scan}").fetchall()[0]
-        follow = duckdb.sql(f"SELECT count(*), count(DISTINCT (_partition, _offset)) "
-                            f"FROM {store.scan_sql('follow_events')}").fetchall()[0]
-        assert counts[0] == counts[1] == counts[2], counts  # each event landed once
-        assert follow[0] == follow[1], follow
-        assert counts[0] + follow[0] == SENT, (counts, follow)
-
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        users = [r[0] for r in duckdb.sql(f"SELECT user_id FROM {scan} GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 8")
-                 .fetchall()]
-        videos = [r[0] for r in duckdb.sql(f"SELECT video_id FROM {scan} GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 8")
-                  .fetchall()]
-        features = ["user_engagement:plays_1h", "user_engagement:watch_ms_24h", "user_engagement:skips_1h",
-                    "video_engagement:plays_10m", "video_engagement:likes_1h", "video_engagement:watch_ms_mean_24h"]
-        online = store.get_online_features({"user_id": users, "video_id": videos}, features=features, now=now)
-        spine = pa.table({"user_id": users, "video_id": videos, "ts": pa.array([now] * 8, pa.timestamp("us"))})
-        offline = store.get_training_set(spine, features=features).to_pylist()
-        for name in online.names:
-            for i in range(8):
-                got, want = online.values[name][i], offline[i][name]
-                if isinstance(want, float):
-                    assert abs(got - want) <= 1e-9 * max(abs(want), 1e-300), (name, i, got, want)
-                else:
-                    assert got == want, (name, i, got, want)
-        assert sum(online.values["user_engagement__plays_1h"]) > 0
+        assert_landed_once(store, SENT)
+        assert_online_equals_training_set(store)
     finally:
         for engine in engines:
             engine.stop()
