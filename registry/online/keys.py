@@ -80,6 +80,16 @@ def progress_key(project: str) -> bytes:
     return f"p:{project}:_progress".encode()
 
 
+def abort_key(project: str) -> bytes:
+    """Flag set by a guarded transaction's first script when its checks fail: the rest of
+    that transaction then writes nothing (it is deleted by the transaction's last command)."""
+    return f"p:{project}:_abort".encode()
+
+
+#: Hash field of every entity key counting the writes to it (optimistic concurrency).
+VERSION_FIELD = b"_v"
+
+
 def engine_key(project: str) -> bytes:
     """Hash of the stream engine's freshness counters (``parity status``, ``/metrics``)."""
     return f"p:{project}:_engine".encode()

@@ -36,13 +36,14 @@ from parity.registry.durations import floor_to, parse_duration
 from parity.registry.models import Definitions, FeatureView
 from parity.registry.online.accumulate import Event
 from parity.registry.online.keys import (
-    LATEST_FIELD, complex_field, encode_entity, meta_key, progress_key, tile_field, view_prefix,
+    LATEST_FIELD, abort_key, complex_field, encode_entity, meta_key, progress_key, tile_field, view_prefix,
 )
 from parity.registry.online.layout import TileValue, ViewLayout
 
 ORDER = struct.Struct("<qqq")  # tail member prefix: ts, partition, offset
 
 WRITE_SCRIPT = r"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local prefix = ARGV[1]
 local max_fields = tonumber(ARGV[2])
 local n_cut = tonumber(ARGV[3])
@@ -69,6 +70,7 @@ for e = 1, n_entities do
   i = i + 3
   local h = prefix .. 'e:' .. ent
   if nf > 0 then chunked('HSET', h, i, 2 * nf); i = i + 2 * nf end
+  redis.call('HINCRBY', h, '_v', 1)
   if expire > 0 then
     redis.call('PEXPIRE', h, expire, 'NX')
     redis.call('PEXPIRE', h, expire, 'GT')
@@ -108,6 +110,7 @@ return n_entities
 """
 
 PROGRESS_SCRIPT = r"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local t = redis.call('TIME')
 local now = t[1] .. string.format('%06d', tonumber(t[2]))
 for i = 1, #ARGV, 2 do
@@ -357,12 +360,15 @@ class OnlineWriter:
             self._loaded = True
 
     def _queue(self, pipe, argv, progress: Mapping[str, str]) -> None:
-        """Queue a batch's write scripts (and its progress markers) on a MULTI pipeline."""
+        """Queue a batch's write scripts (and its progress markers) on a MULTI pipeline. Each
+        script first checks the abort flag a guard script may have set earlier in the
+        same transaction (:func:`~parity.registry.online.apply.apply_events`)."""
+        abort = abort_key(self.project)
         for vw, args in argv:
-            pipe.evalsha(self._write.sha, 1, meta_key(vw.prefix), *args)
+            pipe.evalsha(self._write.sha, 2, meta_key(vw.prefix), abort, *args)
         if progress:
             flat = [x for kv in progress.items() for x in kv]
-            pipe.evalsha(self._progress.sha, 1, progress_key(self.project), *flat)
+            pipe.evalsha(self._progress.sha, 2, progress_key(self.project), abort, *flat)
 
     def _commit(self, views: Iterable[_ViewWrite], progress: Mapping[str, str],
                 expect: Mapping[str, str | None] | None = None) -> None:
