@@ -107,6 +107,7 @@ class StreamEngine:
             self.decoders[topic] = SourceDecoder(source, keys)
         self._stored: dict[str, str | None] = {}
         self._landed: dict[tuple[str, int], int] = {}  # the offline log holds offsets <= this
+        self._marks: dict[tuple[str, int], int] = {}  # assigned partition -> ingestion time applied up to
         self._consumer = None
         self._published_dead: Counter = Counter()
         self._replay: dict[tuple[str, int], int] = {}  # partitions with applied but unlanded offsets
@@ -124,6 +125,8 @@ class StreamEngine:
             landed = progress.get(_marker("landed", tp.topic, tp.partition))
             self._stored[_marker("offset", tp.topic, tp.partition)] = applied
             self._landed[(tp.topic, tp.partition)] = -1 if landed is None else int(landed)
+            mark = progress.get(_marker("mark", tp.topic, tp.partition))
+            self._marks[(tp.topic, tp.partition)] = 0 if mark is None else int(mark)  # unknown: not complete
             start = None if applied is None else int(applied) + 1
             if applied is not None and (landed is None or int(landed) < int(applied)):
                 first = 0 if landed is None else int(landed) + 1
@@ -146,6 +149,7 @@ class StreamEngine:
         for tp in partitions:
             self._stored.pop(_marker("offset", tp.topic, tp.partition), None)
             self._landed.pop((tp.topic, tp.partition), None)
+            self._marks.pop((tp.topic, tp.partition), None)
             self._replay.pop((tp.topic, tp.partition), None)
             self._replay_rows.pop((tp.topic, tp.partition), None)
 
@@ -190,10 +194,24 @@ class StreamEngine:
             self._partitions = sum(len(metadata.topics[t].partitions) for t in self.sources if t in metadata.topics)
         return len(consumer.assignment()) >= self._partitions
 
+    def _watermark_topics(self) -> list:
+        return [(v, topic) for topic, views in self.views.items() for v in views]
+
     def _heartbeat(self) -> None:
-        """No traffic: the views are complete up to now (keeps them from turning stale)."""
-        marks = [(v, self.clock()) for views in self.views.values() for v in views]
-        apply_events(self.writer, [], watermarks=marks)
+        """No traffic: every assigned partition is applied up to now (keeps the views from
+        turning stale), committed only while this process still owns them."""
+        now = self.clock()
+        progress, expect = {}, {}
+        for (topic, partition) in self._marks:
+            self._marks[(topic, partition)] = now
+            progress[_marker("mark", topic, partition)] = str(now)
+            expect[_marker("offset", topic, partition)] = self._stored.get(_marker("offset", topic, partition))
+        if not progress:
+            return
+        try:
+            apply_events(self.writer, [], progress=progress, expect=expect, watermark_topics=self._watermark_topics())
+        except ProgressConflict as conflict:
+            LOG.info("heartbeat dropped: %s", conflict)
 
     def process(self, messages, caught_up: bool = True) -> None:
         """Apply and land one micro-batch of Kafka messages."""
@@ -218,7 +236,6 @@ class StreamEngine:
         consumed = sum(len(v) for v in fresh.values())
         rows_of: dict[tuple[str, int], list[dict]] = {}
         events = {}
-        newest_ingest = 0
         dead: list[tuple[str, DeadLetter]] = []
         decoding = evaluating = 0.0
         for (topic, partition), items in fresh.items():
@@ -232,7 +249,6 @@ class StreamEngine:
                     dead.append((topic, decoded))
                     continue
                 rows.append(decoded)
-                newest_ingest = max(newest_ingest, decoded["_ingested_at"])
             rows_of[(topic, partition)] = rows
             decoding += clock() - started
             started = clock()
@@ -252,12 +268,22 @@ class StreamEngine:
             progress[name] = str(items[-1].offset())
             progress[_marker("applied_at", topic, partition)] = COMMIT_TIME
             expect[name] = self._stored.get(name)
-        mark = self.clock() if caught_up else newest_ingest
-        watermarks = [(v, mark) for (topic, _p) in fresh for v in self.views[topic]]
+        # completeness per partition: up to its last message's ingestion time, or, when this
+        # poll drained every assigned partition, up to now; a view's watermark is the least
+        # mark of its topic (WATERMARK_FROM_MARKS), so one lagging partition holds it back
+        for (topic, partition), items in fresh.items():
+            last = kafka_ingested_at(items[-1])
+            self._marks[(topic, partition)] = max(self._marks.get((topic, partition), 0), last)
+        if caught_up:
+            now = self.clock()
+            for key in self._marks:
+                self._marks[key] = max(self._marks[key], now)
+        for (topic, partition), mark in self._marks.items():
+            progress[_marker("mark", topic, partition)] = str(mark)
         started = clock()
         try:
             batch = apply_events(self.writer, list(events.values()), progress=progress, expect=expect,
-                                 watermarks=watermarks)
+                                 watermark_topics=self._watermark_topics())
         except ProgressConflict as conflict:
             self.stats.seconds["apply"] += clock() - started
             self._fenced(fresh, conflict)

@@ -34,7 +34,8 @@ from parity.registry.durations import floor_to
 from parity.registry.models import FeatureView
 from parity.registry.online.accumulate import Event
 from parity.registry.online.keys import (
-    LATEST_FIELD, VERSION_FIELD, abort_key, complex_field, encode_entity, entity_key, progress_key, tile_field, view_prefix,
+    LATEST_FIELD, VERSION_FIELD, abort_key, complex_field, encode_entity, entity_key, meta_key, progress_key, tile_field,
+    view_prefix,
 )
 from parity.registry.online.layout import TileValue
 from parity.registry.online.writer import OnlineWriter, ProgressConflict
@@ -77,6 +78,28 @@ return {changed, moved}
 """
 
 
+# Last write of an apply transaction with ``watermark_topics``: each view's watermark becomes
+# the least completeness mark ``mark/<topic>/<partition>`` of its topic (the ingestion time
+# every partition is applied up to), so one lagging partition holds the view back.
+# KEYS: progress, abort flag, then one meta key per view; ARGV: the topic of each view.
+WATERMARK_FROM_MARKS = r"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local fields = redis.call('HGETALL', KEYS[1])
+for k = 3, #KEYS do
+  local prefix = 'mark/' .. ARGV[k - 2] .. '/'
+  local least = nil
+  for f = 1, #fields, 2 do
+    if string.sub(fields[f], 1, #prefix) == prefix then
+      local v = tonumber(fields[f + 1])
+      if least == nil or v < least then least = v end
+    end
+  end
+  if least ~= nil then redis.call('HSET', KEYS[k], 'watermark', string.format('%d', least)) end
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class AppliedBatch:
     """``attempts`` used; ``committed_at``: the Redis server's time of the commit (µs), when
@@ -108,12 +131,16 @@ def _touched(writer: OnlineWriter, view: FeatureView, events: Sequence[Event]):
 def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Sequence[Event]]], *,
                  progress: Mapping[str, str] | None = None, expect: Mapping[str, str | None] | None = None,
                  watermarks: Sequence[tuple[FeatureView, int]] = (), retries: int = 20,
-                 after_read: Callable[[int], None] | None = None) -> AppliedBatch:
+                 after_read: Callable[[int], None] | None = None,
+                 watermark_topics: Sequence[tuple[FeatureView, str]] = ()) -> AppliedBatch:
     """Merge ``events`` (per view) into the store and commit them with ``progress``;
     returns an :class:`AppliedBatch`. A progress marker whose value is
     :data:`~parity.registry.online.writer.COMMIT_TIME` is set to the commit's server time.
     ``after_read(attempt)`` runs between the read and the write
-    (a seam for tests that interleave writers)."""
+    (a seam for tests that interleave writers). ``watermark_topics``: (view, topic) pairs
+    whose watermark is set, in the same transaction, to the least ``mark/<topic>/<p>``
+    progress marker (stream engines commit one per partition: the ingestion time it is
+    applied up to)."""
     client = writer.client
     read_sha = client.script_load(READ_TILES)
     writer.ensure_scripts()
@@ -133,6 +160,8 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
             plans.append((view, layout, code, entity, mine, sorted(tiles), fields, entity_key(prefix, code)))
     pkey, abort = progress_key(writer.project), abort_key(writer.project)
     guard_sha = client.script_load(GUARD)
+    marks_sha = client.script_load(WATERMARK_FROM_MARKS) if watermark_topics else None
+    marks_keys = [meta_key(view_prefix(writer.project, v.name, v.version)) for v, _t in watermark_topics]
     keys = [p[7] for p in plans]
     args = []
     for plan in plans:
@@ -162,6 +191,9 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
             flat = [x for name, want in expected for x in (name, "" if want is None else want)]
             pipe.evalsha(guard_sha, 2 + len(keys), pkey, abort, *keys, len(expected), *flat, *versions)
             writer._queue(pipe, argv, dict(progress or {}))
+            if marks_sha:
+                pipe.evalsha(marks_sha, 2 + len(marks_keys), pkey, abort, *marks_keys,
+                             *[t for _v, t in watermark_topics])
             pipe.delete(abort)
             replies = pipe.execute()
         changed, moved = replies[0]
@@ -171,7 +203,7 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
             _raise_if_moved(expect, names, {n: (None if v is None else v.decode()) for n, v in zip(names, current)})
         if changed:
             continue  # another writer wrote a touched entity since the read: read and merge again
-        committed_at = int(replies[-2]) if progress else None
+        committed_at = int(replies[-3 if marks_sha else -2]) if progress else None
         return AppliedBatch(attempt, committed_at, sum(len(p[5]) for p in plans))
     raise ApplyRetriesExhausted(f"a batch of {sum(len(v) for _view, v in events)} events collided with other "
                                 f"writers {retries} times", hint="fewer engine processes, or smaller batches")
