@@ -43,7 +43,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -63,6 +62,9 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(HERE) not in sys.path:  # the shared harness, also when loaded by file path
+    sys.path.insert(0, str(HERE))
+from harness import machine, package_versions  # noqa: E402
 GENERATOR = HERE / "generate.py"
 US_PER_DAY = 86_400_000_000
 SERVICE = "home_feed_ranking"
@@ -223,38 +225,8 @@ def peak_gib(report: dict[str, Any]) -> float:
 # -- the machine and the software -------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cores": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    kib = int(line.split()[1])
-                    info["memory_gib"] = round(kib / 1024 ** 2, 1)
-    except OSError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
 def versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {}
-    for name in ("parity", "duckdb", "pyarrow", "feast", "numpy", "pandas", "ibis-framework"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
+    return package_versions(("parity", "duckdb", "pyarrow", "feast", "numpy", "pandas", "ibis-framework"))
 
 
 def source_state() -> dict[str, Any]:

