@@ -18,8 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m parity.demo
 
-## test: the whole test suite
+## test: the whole test suite (installs kcat, the independent Kafka client some tests use, when missing)
 test: $(STAMP)
+	@command -v kcat >/dev/null 2>&1 || command -v kafkacat >/dev/null 2>&1 || \
+		(apt-get install -y -q kcat >/dev/null 2>&1 || sudo -n apt-get install -y -q kcat >/dev/null 2>&1) || \
+		echo "kcat could not be installed (apt-get install kcat): its check in tests/test_embedded_kafka.py will skip"
 	$(BIN)/python -m pytest
 
 ## golden: regenerate tests/golden/ after a reviewed change to a compiled artifact

@@ -26,6 +26,8 @@ re-merged, so no update is lost and none is applied twice; moved markers raise
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -34,7 +36,7 @@ from parity.registry.durations import floor_to
 from parity.registry.models import FeatureView
 from parity.registry.online.accumulate import Event
 from parity.registry.online.keys import (
-    LATEST_FIELD, VERSION_FIELD, abort_key, complex_field, encode_entity, entity_key, meta_key, progress_key, tile_field,
+    LATEST_FIELD, VERSION_FIELD, abort_key, apply_lock_key, complex_field, encode_entity, entity_key, meta_key, progress_key, tile_field,
     view_prefix,
 )
 from parity.registry.online.layout import TileValue
@@ -59,23 +61,31 @@ return out
 # every later script of the transaction writes nothing. KEYS: progress, abort flag, entities.
 # ARGV: n markers, (name, expected value or '' for absent) pairs, then one counter per entity.
 GUARD = r"""
-local n = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local moved = {}
 for m = 0, n - 1 do
-  local got = redis.call('HGET', KEYS[1], ARGV[2 + 2 * m])
+  local got = redis.call('HGET', KEYS[1], ARGV[3 + 2 * m])
   if got == false then got = '' end
-  if got ~= ARGV[3 + 2 * m] then moved[#moved + 1] = ARGV[2 + 2 * m] end
+  if got ~= ARGV[4 + 2 * m] then moved[#moved + 1] = ARGV[3 + 2 * m] end
 end
-local base = 2 + 2 * n
+local base = 3 + 2 * n
 local changed = 0
-for k = 3, #KEYS do
+for k = 4, #KEYS do
   local v = redis.call('HGET', KEYS[k], '_v')
   if v == false then v = '' end
-  if v ~= ARGV[base + k - 3] then changed = changed + 1 end
+  if v ~= ARGV[base + k - 4] then changed = changed + 1 end
 end
-if #moved > 0 or changed > 0 then redis.call('SET', KEYS[2], '1') end
-return {changed, moved}
+local holder = redis.call('GET', KEYS[3])
+local locked = 0
+if holder and holder ~= ARGV[1] then locked = 1 end
+if #moved > 0 or changed > 0 or locked == 1 then redis.call('SET', KEYS[2], '1') end
+return {changed, moved, locked}
 """
+RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+#: After this many attempts lost to other writers, a writer takes the project's apply lock:
+#: other writers' commits then abort until it has committed (no writer starves).
+LOCK_AFTER = 3
+LOCK_TTL_MS = 30_000
 
 
 # Last write of an apply transaction with ``watermark_topics``: each view's watermark becomes
@@ -167,46 +177,74 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
     for plan in plans:
         args += [len(plan[6]) + 1, *plan[6], VERSION_FIELD]
     expected = list((expect or {}).items())
-    for attempt in range(1, retries + 1):
-        if expected:  # fail early; the guard checks again, atomically with the write
-            current = client.hmget(pkey, [n for n, _v in expected])
-            found = {n: (None if v is None else v.decode()) for (n, _w), v in zip(expected, current)}
-            _raise_if_moved(expect, sorted(n for n, want in expected if found[n] != want), found)
-        stored = client.evalsha(read_sha, len(plans), *keys, *args) if plans else []
-        versions = [values[-1] or b"" for values in stored]
-        batch = writer.batch()
-        first = 0
-        while first < len(plans):  # plans come grouped by view
-            last = first
-            while last < len(plans) and plans[last][0] is plans[first][0]:
-                last += 1
-            _merge_view(batch, plans[first:last], [values[:-1] for values in stored[first:last]])
-            first = last
-        for view, mark in watermarks:
-            batch.set_watermark(view, mark)
-        argv = [(vw, writer._args(vw)) for vw in batch._views.values()]
-        if after_read is not None:
-            after_read(attempt)
-        with client.pipeline(transaction=True) as pipe:  # MULTI ... EXEC: nothing runs in between
-            flat = [x for name, want in expected for x in (name, "" if want is None else want)]
-            pipe.evalsha(guard_sha, 2 + len(keys), pkey, abort, *keys, len(expected), *flat, *versions)
-            writer._queue(pipe, argv, dict(progress or {}))
-            if marks_sha:
-                pipe.evalsha(marks_sha, 2 + len(marks_keys), pkey, abort, *marks_keys,
-                             *[t for _v, t in watermark_topics])
-            pipe.delete(abort)
-            replies = pipe.execute()
-        changed, moved = replies[0]
-        if moved:
-            names = [m.decode() for m in moved]
-            current = client.hmget(pkey, names)
-            _raise_if_moved(expect, names, {n: (None if v is None else v.decode()) for n, v in zip(names, current)})
-        if changed:
-            continue  # another writer wrote a touched entity since the read: read and merge again
-        committed_at = int(replies[-3 if marks_sha else -2]) if progress else None
-        return AppliedBatch(attempt, committed_at, sum(len(p[5]) for p in plans))
-    raise ApplyRetriesExhausted(f"a batch of {sum(len(v) for _view, v in events)} events collided with other "
-                                f"writers {retries} times", hint="fewer engine processes, or smaller batches")
+    lock, token, held = apply_lock_key(writer.project), uuid.uuid4().hex, False
+    try:
+        for attempt in range(1, retries + 1):
+            if attempt > LOCK_AFTER and not held:
+                held = _take_lock(client, lock, token)
+            if expected:  # fail early; the guard checks again, atomically with the write
+                current = client.hmget(pkey, [n for n, _v in expected])
+                found = {n: (None if v is None else v.decode()) for (n, _w), v in zip(expected, current)}
+                _raise_if_moved(expect, sorted(n for n, want in expected if found[n] != want), found)
+            stored = client.evalsha(read_sha, len(plans), *keys, *args) if plans else []
+            versions = [values[-1] or b"" for values in stored]
+            batch = writer.batch()
+            first = 0
+            while first < len(plans):  # plans come grouped by view
+                last = first
+                while last < len(plans) and plans[last][0] is plans[first][0]:
+                    last += 1
+                _merge_view(batch, plans[first:last], [values[:-1] for values in stored[first:last]])
+                first = last
+            for view, mark in watermarks:
+                batch.set_watermark(view, mark)
+            argv = [(vw, writer._args(vw)) for vw in batch._views.values()]
+            if after_read is not None:
+                after_read(attempt)
+            with client.pipeline(transaction=True) as pipe:  # MULTI ... EXEC: nothing runs in between
+                flat = [x for name, want in expected for x in (name, "" if want is None else want)]
+                pipe.evalsha(guard_sha, 3 + len(keys), pkey, abort, lock, *keys, token, len(expected), *flat,
+                             *versions)
+                writer._queue(pipe, argv, dict(progress or {}))
+                if marks_sha:
+                    pipe.evalsha(marks_sha, 2 + len(marks_keys), pkey, abort, *marks_keys,
+                                 *[t for _v, t in watermark_topics])
+                pipe.delete(abort)
+                replies = pipe.execute()
+            changed, moved, locked = replies[0]
+            if moved:
+                names = [m.decode() for m in moved]
+                current = client.hmget(pkey, names)
+                _raise_if_moved(expect, names,
+                                {n: (None if v is None else v.decode()) for n, v in zip(names, current)})
+            if locked:  # another writer holds the apply lock: let it commit, then read again
+                _wait_for_unlock(client, lock)
+                continue
+            if changed:
+                continue  # another writer wrote a touched entity since the read: read and merge again
+            committed_at = int(replies[-3 if marks_sha else -2]) if progress else None
+            return AppliedBatch(attempt, committed_at, sum(len(p[5]) for p in plans))
+        raise ApplyRetriesExhausted(f"a batch of {sum(len(v) for _view, v in events)} events collided with other "
+                                    f"writers {retries} times", hint="fewer engine processes, or smaller batches")
+    finally:
+        if held:
+            client.eval(RELEASE, 1, lock, token)
+
+
+def _take_lock(client, lock: bytes, token: str, timeout: float = 2 * LOCK_TTL_MS / 1000) -> bool:
+    """Wait for the project's apply lock (an expiring key) and take it."""
+    deadline = time.monotonic() + timeout
+    while not client.set(lock, token, nx=True, px=LOCK_TTL_MS):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _wait_for_unlock(client, lock: bytes, timeout: float = LOCK_TTL_MS / 1000) -> None:
+    deadline = time.monotonic() + timeout
+    while client.exists(lock) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _raise_if_moved(expect, moved: list[str], found: dict) -> None:

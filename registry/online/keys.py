@@ -86,6 +86,12 @@ def abort_key(project: str) -> bytes:
     return f"p:{project}:_abort".encode()
 
 
+def apply_lock_key(project: str) -> bytes:
+    """The project's apply lock: a writer that kept losing to others takes it (with a token and
+    an expiry); other writers' commits abort while it is held."""
+    return f"p:{project}:_apply_lock".encode()
+
+
 #: Hash field of every entity key counting the writes to it (optimistic concurrency).
 VERSION_FIELD = b"_v"
 
