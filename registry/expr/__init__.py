@@ -1,7 +1,9 @@
 """The portable expression subset: ``where`` filters and derived columns.
 
 Expressions are parsed and type-checked at plan time, then *rendered from the AST* to
-DuckDB SQL, Flink SQL and a Python evaluator. The original text never reaches an engine.
+DuckDB SQL, Flink SQL, a Python evaluator (one row at a time) and a vector evaluator
+(numpy, one micro-batch at a time: :mod:`parity.registry.expr.vector_eval`). The original
+text never reaches an engine.
 
 Syntax
 ------
@@ -72,7 +74,8 @@ Semantics (Python and DuckDB are differential-tested; Flink is rendered to match
 API
 ---
 ``parse(text) -> Expr``; ``infer_type(expr, schema) -> dtype``; ``check_filter(expr,
-schema)``; ``compile_python(expr, schema=None) -> f(row)``; ``render_sql(expr, dialect,
+schema)``; ``compile_python(expr, schema=None) -> f(row)``; ``vector_eval.compile_vector(expr,
+schema) -> f(batch, n)`` (imported from its module: it needs numpy); ``render_sql(expr, dialect,
 schema=None) -> str`` for ``"duckdb"`` and ``"flink"``; ``columns(expr)``;
 ``to_text(expr)`` (canonical text for content hashes: ``a=1`` and ``a = 1`` are equal).
 """
