@@ -116,7 +116,10 @@ PROBE_USER_BASE = 9_000_000_000_000  # the generator's user ids are 1..1,000,000
 PROBE_VIDEO = 9_000_000_000_000
 PROBE_CREATOR = 9_000_000_000_000
 PROBE_FEATURE = "user_engagement:plays_1h"
-PHASES = ("consume", "decode", "evaluate", "apply", "land", "publish")
+# the engine's phases; "land" runs in a background thread, overlapped with the next batch
+# (its wait, "land_wait", is inside "apply"), so it is reported but not part of the busy sum
+PHASES = ("consume", "decode", "evaluate", "apply", "land_wait", "publish", "land")
+FOREGROUND = PHASES[:-1]
 
 QUICK = {"events": 20_000, "fresh_rate": 2_000.0, "fresh_seconds": 4.0, "probe_rate": 20.0, "idle_probe_seconds": 1.0,
          "raw_repeats": 1, "sweep_max_batch": []}
@@ -632,7 +635,7 @@ def drain(run: Run, label: str, topics: dict[str, str], total: int, processes: i
     to_commit = (max(commits) - min(starts)) if starts and commits else 0.0
     split = {phase: round(sum(p["phase_seconds"][phase] for p in per_process), 3)
              for phase in (*PHASES, "loop_other")}
-    busy = sum(split.values())
+    busy = sum(v for k, v in split.items() if k != "land")
     result = {
         "label": label, "processes": processes, "group": group, "max_batch": max_batch,
         "flush_interval_s": flush_interval, "events": consumed, "expected_events": total,
@@ -648,7 +651,7 @@ def drain(run: Run, label: str, topics: dict[str, str], total: int, processes: i
         "seconds_to_last_commit": round(to_commit, 3),
         "events_per_s_to_last_commit": round(consumed / to_commit) if to_commit > 0 else None,
         "phase_seconds": split,
-        "phase_share_pct": {k: round(100 * v / busy, 1) for k, v in split.items()} if busy else {},
+        "phase_share_pct": {k: round(100 * v / busy, 1) for k, v in split.items() if k != "land"} if busy else {},
         "phase_us_per_event": {k: round(1e6 * v / consumed, 2) for k, v in split.items()} if consumed else {},
         "per_process": per_process, "cpu": cpu, "redis_used_memory_bytes": memory,
         "redis_commands_top": commands, "cpu_us_per_event": _cpu_per_event(cpu, consumed),
@@ -695,7 +698,7 @@ def _process_summary(report: dict) -> dict[str, Any]:
     phases["loop_other"] = round(max(0.0, wall - consume - seconds.get("process", 0.0)), 3)
     # process() minus its named phases (grouping by partition, offsets, bookkeeping) counts as loop_other too
     phases["loop_other"] = round(phases["loop_other"] + max(0.0, seconds.get("process", 0.0)
-                                                           - sum(seconds.get(p, 0.0) for p in PHASES[1:])), 3)
+                                                           - sum(seconds.get(p, 0.0) for p in FOREGROUND[1:])), 3)
     return {"name": report["name"], "pid": report["pid"], "consumed": report["consumed"],
             "batches": report["batches"], "events_per_batch": round(report["consumed"] / report["batches"])
             if report["batches"] else None, "applied_view_events": report["applied"], "tiles": report["tiles"],

@@ -45,7 +45,7 @@ from typing import Callable
 
 from parity.registry.models import Definitions
 from parity.registry.offline_log import OfflineLog
-from parity.registry.online.accumulate import EventEvaluator
+from parity.registry.online.columnar import ColumnarEvaluator, rows_to_columns
 from parity.registry.online.apply import apply_events
 from parity.registry.online.keys import LATENCY_BUCKETS
 from parity.registry.online.writer import COMMIT_TIME, OnlineWriter, ProgressConflict, wall_clock_us
@@ -54,7 +54,11 @@ from parity.streaming.decode import DeadLetter, SourceDecoder, kafka_ingested_at
 LOG = logging.getLogger("parity.stream")
 MAX_SCRIPT = "local old = redis.call('HGET', KEYS[1], ARGV[1]) " \
              "if not old or tonumber(ARGV[2]) > tonumber(old) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end"
-PHASES = ("consume", "decode", "evaluate", "apply", "land", "publish")
+# (field, value) pairs: each field keeps the greatest value it was given
+MAX_FIELDS_SCRIPT = "for i = 1, #ARGV, 2 do local old = redis.call('HGET', KEYS[1], ARGV[i]) " \
+                    "if not old or tonumber(ARGV[i + 1]) > tonumber(old) then " \
+                    "redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end end"
+PHASES = ("consume", "decode", "evaluate", "apply", "land", "land_wait", "publish")
 
 
 @dataclass
@@ -98,7 +102,7 @@ class StreamEngine:
         self.sources = {s.kafka.topic: s for s in defs.sources if s.kind == "stream" and s.kafka}
         self.views = {topic: [v for v in defs.feature_views if v.online and v.source == s.name]
                       for topic, s in self.sources.items()}
-        self.evaluators = {(v.name, v.version): EventEvaluator(defs, v, self.writer.layout(v))
+        self.evaluators = {(v.name, v.version): ColumnarEvaluator(defs, v, self.writer.layout(v))
                            for views in self.views.values() for v in views}
         self.decoders = {}
         for topic, source in self.sources.items():
@@ -114,6 +118,8 @@ class StreamEngine:
         self._assigned = False
         self._partitions: int | None = None
         self._replay_rows: dict[tuple[str, int], list] = {}
+        self._land_pool = None  # one background thread landing the last committed batch
+        self._landing = None
 
     # -- assignment: resume from the offsets stored with the tiles ------------------------------
     def _on_assign(self, consumer, partitions) -> None:
@@ -145,6 +151,7 @@ class StreamEngine:
             self.on_partitions(what, {t: sorted(ps) for t, ps in sorted(grouped.items())})
 
     def _on_revoke(self, consumer, partitions) -> None:
+        self._wait_landing()
         self._report("revoked", partitions)
         for tp in partitions:
             self._stored.pop(_marker("offset", tp.topic, tp.partition), None)
@@ -181,6 +188,7 @@ class StreamEngine:
                 if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
         finally:
+            self._wait_landing()
             consumer.close()
             if self._dlq_producer is not None:
                 self._dlq_producer.flush(10)
@@ -251,15 +259,16 @@ class StreamEngine:
                 rows.append(decoded)
             rows_of[(topic, partition)] = rows
             decoding += clock() - started
-            started = clock()
+        started = clock()
+        for topic in {t for t, _p in fresh}:  # each topic's rows, every partition at once
+            rows = [r for (t, _p), part in rows_of.items() if t == topic for r in part]
+            if not rows:
+                continue
+            columns = rows_to_columns(rows, dict(self.sources[topic].schema_))
             for view in self.views[topic]:
-                evaluator = self.evaluators[(view.name, view.version)]
-                bucket = events.setdefault((view.name, view.version), (view, []))[1]
-                for row in rows:
-                    event = evaluator.evaluate(row, partition, row["_offset"])
-                    if event is not None:
-                        bucket.append(event)
-            evaluating += clock() - started
+                events[(view.name, view.version)] = (view, self.evaluators[(view.name, view.version)].evaluate_rows(
+                    rows, columns=columns))
+        evaluating += clock() - started
         self.stats.seconds["decode"] += decoding
         self.stats.seconds["evaluate"] += evaluating
         progress, expect = {}, {}
@@ -281,9 +290,10 @@ class StreamEngine:
         for (topic, partition), mark in self._marks.items():
             progress[_marker("mark", topic, partition)] = str(mark)
         started = clock()
-        try:
+        try:  # the previous batch's landing must be done before this commit moves applied_at
             batch = apply_events(self.writer, list(events.values()), progress=progress, expect=expect,
-                                 watermark_topics=self._watermark_topics())
+                                 watermark_topics=self._watermark_topics(),
+                                 after_read=lambda _attempt: self._wait_landing(), extra=self._newest(events))
         except ProgressConflict as conflict:
             self.stats.seconds["apply"] += clock() - started
             self._fenced(fresh, conflict)
@@ -299,24 +309,64 @@ class StreamEngine:
         self.stats.applied += sum(len(v[1]) for v in events.values())
         self.stats.tiles += batch.tiles
         self.stats.last_commit_us = batch.committed_at
-        started = clock()
+        todo = []
         for (topic, partition), items in fresh.items():
             landed = self._landed.get((topic, partition), -1)
             if items[-1].offset() <= landed:
                 continue  # already in the offline log (a bootstrap handoff): applied, not landed again
             first = next(m.offset() for m in items if m.offset() > landed)
             rows = [r for r in rows_of[(topic, partition)] if r["_offset"] > landed]
-            self._land(topic, partition, first, items[-1].offset(), rows, batch.committed_at)
-        self.stats.seconds["land"] += clock() - started
+            todo.append((topic, partition, first, items[-1].offset(), rows))
+        self._land_later(todo, batch.committed_at)
         started = clock()
         self._publish(fresh, rows_of, events, batch)
         self.stats.seconds["publish"] += clock() - started
         self.stats.seconds["process"] += clock() - began
 
+    def _land_later(self, todo: list, applied_at: int) -> None:
+        """Land a committed batch in a background thread, so writing and syncing its Parquet
+        files overlaps the next batch's decoding, evaluation and merge. At most one batch is
+        applied but not landed: the next commit waits for this landing (it would move
+        ``applied_at``, which a replay after a crash stamps on the rows it lands)."""
+        if not todo:
+            return
+        if self._land_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._land_pool = ThreadPoolExecutor(1, thread_name_prefix="parity-land")
+
+        def land() -> None:
+            started = time.perf_counter()
+            for topic, partition, first, last, rows in todo:
+                self._land(topic, partition, first, last, rows, applied_at)
+            self.stats.seconds["land"] += time.perf_counter() - started
+
+        self._landing = self._land_pool.submit(land)
+
+    def _wait_landing(self) -> None:
+        """Wait for the batch being landed (re-raises its error: the process then stops, and
+        a restart lands the batch again from the broker)."""
+        landing, self._landing = self._landing, None
+        if landing is not None:
+            started = time.perf_counter()
+            landing.result()
+            self.stats.seconds["land_wait"] += time.perf_counter() - started
+
+    def _newest(self, events) -> list[tuple]:
+        """The command that moves each view's ``newest_ts`` counter (event-time lag), committed
+        with the batch so a crash cannot leave it behind the tiles."""
+        from parity.registry.online.keys import engine_key
+
+        pairs = [x for view, items in events.values() if len(items)
+                 for x in (f"newest_ts/{view.name}@{view.version}", int(items.ts.max()))]
+        return [(b"EVAL", MAX_FIELDS_SCRIPT, 1, engine_key(self.writer.project), *pairs)] if pairs else []
+
     def _fenced(self, fresh, conflict: ProgressConflict) -> None:
         """Another process moved this batch's offsets (it owns those partitions now): nothing
         was written; forget the batch and seek back to the stored offsets."""
         from confluent_kafka import TopicPartition
+
+        self._wait_landing()
 
         self.stats.conflicts += 1
         LOG.warning("batch dropped: %s", conflict)
@@ -337,8 +387,9 @@ class StreamEngine:
         """Freshness counters for ``parity status`` and /metrics, in ``p:<project>:_engine``
         (best effort, outside the batch's transaction, summed over engine processes): events,
         batches, tiles written, dead letters by reason, the applied_at - ingested_at
-        histogram, the newest applied event time per view, and per partition the end offset
-        the broker last reported (``end/<topic>/<partition>``, for consumer lag)."""
+        histogram, and per partition the end offset the broker last reported
+        (``end/<topic>/<partition>``, for consumer lag). The newest applied event time per view
+        is committed with the batch (:meth:`_newest`)."""
         from parity.registry.online.keys import engine_key
 
         committed_at = batch.committed_at
@@ -369,10 +420,6 @@ class StreamEngine:
                 buckets[next((b for b in LATENCY_BUCKETS if latency <= b), "inf")] += 1
         for bucket, count in buckets.items():
             pipe.hincrby(key, f"latency_le/{bucket}", count)
-        for view, items in events.values():
-            if items:
-                newest = max(e.ts for e in items)
-                pipe.eval(MAX_SCRIPT, 1, key, f"newest_ts/{view.name}@{view.version}", newest)
         pipe.hset(key, "last_batch_at", committed_at)
         try:
             pipe.execute()
@@ -410,6 +457,7 @@ class StreamEngine:
     def _land_replay(self, key: tuple[str, int], messages: list, limit: int) -> None:
         """Land an applied-but-unlanded batch again (after a crash), never applying it twice."""
         topic, partition = key
+        self._wait_landing()
         progress = self.writer.read_progress()
         applied_at = int(progress[_marker("applied_at", topic, partition)])
         decoder = self.decoders[topic]

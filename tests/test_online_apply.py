@@ -1,7 +1,7 @@
 """apply_events: batches merged into absolute tiles by concurrent writers lose nothing.
 
 Two threads, each owning one "partition", apply their events in small batches to the same
-entities at once (read, merge, upsert absolute values under WATCH). Lookups afterwards
+entities at once (read, merge, upsert absolute values, taking turns under the apply lock). Lookups afterwards
 equal the naive oracle, and each partition's progress marker ends at its last batch.
 """
 
@@ -71,8 +71,11 @@ def test_concurrent_writers_sharing_entities_lose_nothing(redis, case):
 
 
 def test_a_write_between_read_and_commit_forces_a_re_merge(redis):
-    """Writer A reads, writer B commits to the same entity, then A commits: A's EXEC must fail
-    under WATCH and A re-reads, so both batches count (a lost update would show 1, not 2)."""
+    """Writer A reads under the apply lock; the lock expires (deleted here) and writer B takes
+    it and commits to the same entity; then A would commit: its renewal of the lock fails,
+    so A re-reads and re-merges, and both batches count (a lost update would show 1, not 2)."""
+    from parity.registry.online.keys import apply_lock_key
+
     a, b = (OnlineWriter(redis.__class__(connection_pool=redis.connection_pool), "t", DEFS, clock=CLOCK)
             for _ in range(2))
     view = DEFS.view("u")
@@ -84,6 +87,7 @@ def test_a_write_between_read_and_commit_forces_a_re_merge(redis):
     def interleave(attempt):
         attempts.append(attempt)
         if attempt == 1:
+            redis.delete(apply_lock_key("t"))  # A's lock expires
             apply_events(b, [(view, [second])])  # no markers: only the entity key is shared
 
     used = apply_events(a, [(view, [first])], progress={"ev/0": "0", "ev/0/at": COMMIT_TIME},
@@ -96,3 +100,47 @@ def test_a_write_between_read_and_commit_forces_a_re_merge(redis):
     result = OnlineReader(redis, "t", DEFS, clock=CLOCK).get_online_features(
         {"user_id": [1]}, features=["u:n_lifetime", "u:amount_a_1h"], now=to_micros(BASE + timedelta(minutes=1)))
     assert result.values["u__n_lifetime"] == [2] and result.values["u__amount_a_1h"] == [10]
+
+
+STEPS = 150
+
+
+def test_stream_applies_keep_keys_expiring_trimmed_and_pruned(redis):
+    """apply_events refreshes expiries, trims tails and prunes old tiles once per finest tile
+    per entity (not on every write): after a simulated week of hourly events the entity
+    hash holds no tile past its resolution's retention, both keys expire, and writes within
+    one finest tile skip the maintenance commands."""
+    from parity.registry.online.keys import entity_key, tail_key, view_prefix
+
+    redis.flushall()
+    clock = {"now": to_micros(BASE)}
+    writer = OnlineWriter(redis, "t", DEFS, clock=lambda: clock["now"])
+    view = DEFS.view("o")
+    layout = writer.layout(view)
+    evaluator = EventEvaluator(DEFS, view, layout)
+    prefix = view_prefix("t", "o", view.version)
+    key, tail = entity_key(prefix, b"i1;"), tail_key(prefix, b"i1;")
+    for step in range(STEPS):
+        clock["now"] = to_micros(BASE + timedelta(hours=step))
+        row = {"user_id": 1, "kind": "a", "amount": step, "ts": BASE + timedelta(hours=step, seconds=-30)}
+        apply_events(writer, [(view, [evaluator.evaluate(row, 0, step)])])
+    limit, _cuts = writer.prune_limits(layout, clock["now"])
+    written = STEPS * len(layout.resolutions)  # distinct tiles written: one per resolution and step
+    assert written > limit  # so the hash stays bounded only if it was pruned
+    fields = redis.hkeys(key)
+    assert 0 < len(fields) <= limit
+    first = to_micros(BASE + timedelta(seconds=-30))
+    finest = layout.resolutions[0]
+    assert b"%d:%d" % (finest // 1_000_000, first // finest) not in fields  # the oldest tiles are gone
+    assert redis.pttl(key) > 0 and redis.pttl(tail) > 0
+    assert all(score >= writer.tail_floor(layout) for _m, score in redis.zrange(tail, 0, -1, withscores=True))
+    # a second write in the same finest tile: tiles and tail only, no maintenance commands
+    before = redis.info("commandstats")
+    row = {"user_id": 1, "kind": "a", "amount": 1, "ts": BASE + timedelta(hours=STEPS - 1, seconds=-20)}
+    apply_events(writer, [(view, [evaluator.evaluate(row, 0, 99)])])
+    after = redis.info("commandstats")
+    calls = lambda stats, name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)  # noqa: E731
+    assert calls(after, "hset") == calls(before, "hset") + 1 and calls(after, "zadd") == calls(before, "zadd") + 1
+    assert calls(after, "hlen") == calls(before, "hlen") and calls(after, "zremrangebyscore") == calls(
+        before, "zremrangebyscore")
+    assert calls(after, "pexpire") == calls(before, "pexpire") + 1  # only the apply lock's renewal

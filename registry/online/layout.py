@@ -37,6 +37,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import orjson
+
 from parity.registry.models import Definitions, Feature, FeatureView
 from parity.registry.partials import merge
 from parity.registry.schema import view_schema
@@ -132,6 +134,8 @@ class ViewLayout:
         self._struct = struct.Struct(f"<{n_int}q{n_float}d")
         self.zero = bytes(self.width)
         self.complex_names = frozenset(c.feature.name for c in self.complex)
+        # complex partials holding floats are written by the stdlib (NaN stays NaN), others by orjson
+        self.float_complex = any(c.column_dtype in FLOAT_TYPES for c in self.complex)
         self.fold = NumericFold(self)
         self.latest = [c for c in self.complex if c.latest]
         self.windowed_complex = [c for c in self.complex if not c.latest]
@@ -188,16 +192,13 @@ class ViewLayout:
     def encode_complex(self, value: TileValue, latest: bool | None = None) -> bytes:
         """JSON of the complex partials (``latest``: only latest values, or only windowed)."""
         items = self.complex if latest is None else (self.latest if latest else self.windowed_complex)
-        if not items:
-            return b"[]"
-        return json.dumps([_jsonable(value.partials.get(c.feature.name)) for c in items],
-                          separators=(",", ":"), allow_nan=True).encode()
+        return encode_partials([value.partials.get(c.feature.name) for c in items], self.float_complex)
 
     def decode_complex(self, blob: bytes | None, latest: bool | None = None) -> list[Any]:
         items = self.complex if latest is None else (self.latest if latest else self.windowed_complex)
         if not blob:
             return [None] * len(items)
-        raw = json.loads(blob)
+        raw = _loads(blob)
         return [_from_json(entry, c.agg) for entry, c in zip(raw, items)]
 
     def merge_values(self, values: Iterable[TileValue]) -> TileValue:
@@ -212,6 +213,24 @@ class ViewLayout:
             if parts:
                 out.partials[feature.name] = merge(agg, parts, feature.k)
         return out
+
+
+def encode_partials(partials: list, floats: bool = True) -> bytes:
+    """The complex JSON of a list of partials (one per complex feature, None for empty).
+    ``floats``: the partials may hold floats; they are written with the stdlib, which keeps
+    NaN and infinities (orjson would write them as null)."""
+    if not partials:
+        return b"[]"
+    if not floats:
+        return orjson.dumps(partials)
+    return json.dumps([_jsonable(p) for p in partials], separators=(",", ":"), allow_nan=True).encode()
+
+
+def _loads(blob: bytes) -> Any:
+    try:
+        return orjson.loads(blob)
+    except orjson.JSONDecodeError:  # NaN / Infinity tokens of a float partial
+        return json.loads(blob)
 
 
 def _from_int(value: int, dtype: str | None) -> Any:

@@ -42,7 +42,20 @@ from parity.registry.online.layout import TileValue, ViewLayout
 
 ORDER = struct.Struct("<qqq")  # tail member prefix: ts, partition, offset
 
-WRITE_SCRIPT = r"""
+# Deletes the tiles of hash h older than their resolution's first kept index (cuts:
+# resolution in seconds -> index), in both scripts below.
+PRUNE_FUNCTION = r"""
+local function prune(h, cuts)
+  local stale = {}
+  for _, f in ipairs(redis.call('HKEYS', h)) do
+    local res, idx = string.match(f, '^(%d+):(%-?%d+)')
+    if res and cuts[res] and tonumber(idx) < cuts[res] then stale[#stale + 1] = f end
+  end
+  for s = 1, #stale, 1000 do redis.call('HDEL', h, unpack(stale, s, math.min(s + 999, #stale))) end
+end
+"""
+
+WRITE_SCRIPT = PRUNE_FUNCTION + r"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local prefix = ARGV[1]
 local max_fields = tonumber(ARGV[2])
@@ -70,19 +83,11 @@ for e = 1, n_entities do
   i = i + 3
   local h = prefix .. 'e:' .. ent
   if nf > 0 then chunked('HSET', h, i, 2 * nf); i = i + 2 * nf end
-  redis.call('HINCRBY', h, '_v', 1)
   if expire > 0 then
     redis.call('PEXPIRE', h, expire, 'NX')
     redis.call('PEXPIRE', h, expire, 'GT')
   end
-  if max_fields > 0 and n_cut > 0 and redis.call('HLEN', h) > max_fields then
-    local stale = {}
-    for _, f in ipairs(redis.call('HKEYS', h)) do
-      local res, idx = string.match(f, '^(%d+):(%-?%d+)')
-      if res and cuts[res] and tonumber(idx) < cuts[res] then stale[#stale + 1] = f end
-    end
-    for s = 1, #stale, 1000 do redis.call('HDEL', h, unpack(stale, s, math.min(s + 999, #stale))) end
-  end
+  if max_fields > 0 and n_cut > 0 and redis.call('HLEN', h) > max_fields then prune(h, cuts) end
   local nt = tonumber(ARGV[i])
   i = i + 1
   if nt > 0 then
@@ -120,6 +125,15 @@ for i = 1, #ARGV, 2 do
 end
 return now
 """
+# Prunes the entity hashes KEYS (found over their expected size by a stream engine's read).
+# ARGV: n cuts, then (resolution in seconds, first kept index) pairs.
+PRUNE_SCRIPT = PRUNE_FUNCTION + r"""
+local cuts = {}
+for c = 1, tonumber(ARGV[1]) do cuts[ARGV[2 * c]] = tonumber(ARGV[2 * c + 1]) end
+for k = 1, #KEYS do prune(KEYS[k], cuts) end
+return #KEYS
+"""
+
 COMMIT_TIME = "$COMMIT_TIME"  # a progress marker value replaced by the Redis server's time of the commit (µs)
 
 
@@ -285,6 +299,20 @@ class OnlineWriter:
         self._write = client.register_script(WRITE_SCRIPT)
         self._progress = client.register_script(PROGRESS_SCRIPT)
         self._loaded = False
+        #: entity or tail key -> the maintenance stamp (finest tile index) when this process
+        #: last refreshed its expiry, checked its size and trimmed its tail (stream applies do
+        #: that once per finest tile per key, not on every write)
+        self.maintained: dict[bytes, int] = {}
+
+    def maintenance_stamp(self, layout: ViewLayout) -> int:
+        finest = layout.finest or 86_400_000_000
+        return self.clock() // finest
+
+    def mark_maintained(self, keys: Iterable[bytes], stamp: int) -> None:
+        if len(self.maintained) > 2_000_000:  # a hint, not state: forget it rather than grow
+            self.maintained.clear()
+        for key in keys:
+            self.maintained[key] = stamp
 
     def layout(self, view: FeatureView) -> ViewLayout:
         key = (view.name, view.version)
@@ -314,9 +342,9 @@ class OnlineWriter:
             raise OnlineStoreUnavailable(f"online store (Redis) unreachable: {exc}",
                                          hint="check online_store.connection_string, or start one with `parity dev up`")
 
-    def _args(self, vw: _ViewWrite) -> list:
-        layout = vw.layout
-        now = self.clock()
+    def prune_limits(self, layout: ViewLayout, now: int) -> tuple[int, list[str]]:
+        """(the field count past which an entity hash is pruned, the cuts: (resolution in
+        seconds, first kept tile index) pairs) of a view at ``now``."""
         cuts = []
         max_fields = 1
         per_tile = 2 if (layout.windowed_complex or layout.latest) else 1
@@ -326,7 +354,83 @@ class OnlineWriter:
                 continue
             cuts += [str(resolution // 1_000_000), str(floor_to(now - keep, resolution) // resolution)]
             max_fields += per_tile * (keep // resolution + 2)
-        max_fields = int(max_fields * 1.25) + 8
+        return int(max_fields * 1.25) + 8, cuts
+
+    def expiry_ms(self, layout: ViewLayout) -> int | None:
+        """How long after a write an entity key of the view must live (None: forever): its
+        longest tile retention, or ttl, past the latest instant an event may carry (the
+        source's ``max_future``), plus a minute. Later writes only extend it."""
+        if any(keep is None for keep in layout.resolution_retention.values()):
+            return None
+        horizon = max((r + keep for r, keep in layout.resolution_retention.items()), default=0)
+        horizon = max([horizon] + [parse_duration(c.feature.ttl) for c in layout.latest if c.feature.ttl])
+        source = self.defs.source(layout.view.source)
+        ahead = parse_duration(source.max_future) if source is not None else 0
+        return (horizon + ahead) // 1000 + 60_000
+
+    def apply_commands(self, vw: _ViewWrite, over_full: Sequence[bytes] = (),
+                       due: Iterable[bytes] | None = None) -> list[tuple]:
+        """A stream batch's writes of one view as plain commands (no script per entity):
+        ``HSET`` of its tiles and latest values and ``ZADD`` of its tail per entity; for the
+        entities in ``due`` (default: all) also ``PEXPIRE`` of both keys and the trim of the
+        tail (``ZREMRANGEBYSCORE``): a process does that once per finest tile per entity
+        (:attr:`maintained`; expiries run for days, tail keys for three finest tiles, so
+        refreshing them once per tile keeps them alive, and trimming is only memory: reads
+        take the tail by score); the prune script for the entities in ``over_full`` (their
+        hash grew past :meth:`prune_limits`); and the view's markers. The caller runs them in
+        a guarded transaction (:func:`~parity.registry.online.apply.apply_events`). Scripts
+        go as ``EVAL`` (the server caches them by digest), so a server that lost its script
+        cache cannot fail one command of the transaction."""
+        layout = vw.layout
+        now = self.clock()
+        expire = self.expiry_ms(layout)
+        floor = self.tail_floor(layout) if self.tail else None
+        tail_ttl = 0 if layout.finest is None else (3 * layout.finest) // 1000 + 300_000
+        below = b"(%d" % floor if floor is not None else None
+        due = None if due is None else set(due)
+        out: list[tuple] = []
+        for encoded, item in vw.entities.items():
+            key = vw.prefix + b"e:" + encoded
+            maintain = due is None or key in due
+            if item.fields:
+                out.append((b"HSET", key, *[x for pair in item.fields.items() for x in pair]))
+                if expire is not None and maintain:
+                    out.append((b"PEXPIRE", key, expire))
+            if item.tail and self.tail:
+                tail = vw.prefix + b"t:" + encoded
+                out.append((b"ZADD", tail, *[x for member, score in item.tail.items() for x in (score, member)]))
+                if maintain:
+                    if below is not None:
+                        out.append((b"ZREMRANGEBYSCORE", tail, b"-inf", below))
+                    out.append((b"PEXPIRE", tail, tail_ttl))
+        if over_full:
+            _max_fields, cuts = self.prune_limits(layout, now)
+            if cuts:
+                out.append((b"EVAL", PRUNE_SCRIPT, len(over_full), *over_full, len(cuts) // 2, *cuts))
+        meta = self._meta(vw, floor)
+        if meta:
+            out.append((b"EVAL", WRITE_SCRIPT, 2, meta_key(vw.prefix), abort_key(self.project), vw.prefix, 0, 0,
+                        "-inf", 0, 0, len(meta), *[x for m in meta for x in m]))
+        return out
+
+    def progress_command(self, progress: Mapping[str, str]) -> tuple:
+        """The command that stores progress markers (a :data:`COMMIT_TIME` value becomes the
+        server's time of the commit, which the command returns)."""
+        return (b"EVAL", PROGRESS_SCRIPT, 2, progress_key(self.project), abort_key(self.project),
+                *[x for kv in progress.items() for x in kv])
+
+    def _meta(self, vw: _ViewWrite, floor: int | None) -> list[tuple[str, str, str]]:
+        meta = list(vw.meta)
+        if vw.min_ts is not None:
+            meta.append(("min_ts", "min", str(vw.min_ts)))
+        if floor is not None and vw.entities and self.tail:
+            meta.append(("tail_from", "max", str(floor)))
+        return meta
+
+    def _args(self, vw: _ViewWrite) -> list:
+        layout = vw.layout
+        now = self.clock()
+        max_fields, cuts = self.prune_limits(layout, now)
         floor = self.tail_floor(layout) if self.tail else None
         tail_ttl = 0 if layout.finest is None else (3 * layout.finest) // 1000 + 300_000
         args: list = [vw.prefix, max_fields, len(cuts) // 2, *cuts,
@@ -343,11 +447,7 @@ class OnlineWriter:
             args.append(len(tail))
             for member, score in tail.items():
                 args += [score, member]
-        meta = list(vw.meta)
-        if vw.min_ts is not None:
-            meta.append(("min_ts", "min", str(vw.min_ts)))
-        if floor is not None and vw.entities and self.tail:
-            meta.append(("tail_from", "max", str(floor)))
+        meta = self._meta(vw, floor)
         args.append(len(meta))
         for name, how, value in meta:
             args += [name, how, value]

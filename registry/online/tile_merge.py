@@ -1,0 +1,251 @@
+"""Merge a micro-batch of one view's events into the tiles stored for them.
+
+A stream engine applies a batch in three steps (driven by
+:func:`parity.registry.online.apply.apply_events`):
+
+1. :func:`plan_reads`: the tiles the batch touches, one *group* per (entity, resolution,
+   tile start) still inside its resolution's retention, and the hash fields to read per
+   entity: every touched tile's numeric record, the complex partials (windowed ``last``,
+   ``last_k``, string min/max, and latest values, which the ttl slow path reads from tiles)
+   only of tiles that receive one, the entity's latest values (``L``) only when events
+   carry some;
+2. the read (one Lua call for every view of the batch);
+3. :func:`merge_into`: the new absolute tile values. All numeric records of the view merge
+   in one :class:`~parity.registry.online.layout.NumericFold` pass (each group's stored
+   record first, then its events); complex partials and latest values merge per group
+   with :mod:`parity.registry.partials`; the open tile's events go to the tail. The
+   values are queued on a :class:`~parity.registry.online.writer.WriteBatch`.
+
+A tile that receives no complex partial keeps its stored complex field (or has none: an
+absent field is the empty partial), so a batch only rewrites what it changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from parity.registry.online.columnar import ViewEvents
+from parity.registry.online.keys import LATEST_FIELD, entity_key, view_prefix
+from parity.registry.online.layout import TileValue, encode_partials
+from parity.registry.online.writer import OnlineWriter, WriteBatch, _EntityWrite
+from parity.registry.partials import merge
+
+
+@dataclass
+class ViewPlan:
+    """What one view's batch touches, and what it reads."""
+
+    events: ViewEvents
+    group_entity: np.ndarray       # per group: entity index
+    group_resolution: np.ndarray   # per group: resolution (µs)
+    group_start: np.ndarray        # per group: tile start (µs)
+    event_group: list[np.ndarray]  # per resolution: each event's group, -1 when too old to keep
+    complex_items: dict[int, list[tuple[int, int]]]  # group -> [(complex spec, event)]
+    latest_items: dict[int, list[tuple[int, int]]]   # entity -> [(complex spec, event)] of latest values
+    entities: list[int] = field(default_factory=list)       # entities read and written, in read order
+    keys: list[bytes] = field(default_factory=list)          # their hash keys
+    fields: list[list[bytes]] = field(default_factory=list)  # per entity: the fields read
+    slots: list[list[int]] = field(default_factory=list)     # per entity: the group of each numeric field
+    due: list[bool] = field(default_factory=list)            # per entity: expiry / pruning / trim due
+    tile_names: list[bytes] = field(default_factory=list)    # per group: its numeric record's field
+
+
+def _tile_fields(resolution: int, starts: np.ndarray) -> list[bytes]:
+    seconds = resolution // 1_000_000
+    return [b"%d:%d" % (seconds, i) for i in (starts // resolution).tolist()]
+
+
+def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
+    layout = events.layout
+    clock = writer.clock()
+    n = len(events)
+    entity, ts = events.entity, events.ts
+    g_entity, g_res, g_start, event_group = [], [], [], []
+    total = 0
+    for resolution in layout.resolutions:
+        starts = ts - ts % resolution
+        keep = layout.resolution_retention.get(resolution)
+        ok = np.ones(n, dtype=bool) if keep is None else starts + resolution + keep > clock
+        gid = np.full(n, -1, dtype=np.int64)
+        if ok.any():
+            index = starts[ok] // resolution
+            low = int(index.min())
+            span = int(index.max()) - low + 1
+            distinct, inverse = np.unique(entity[ok] * span + (index - low), return_inverse=True)
+            gid[ok] = total + inverse
+            g_entity.append(distinct // span)
+            g_res.append(np.full(len(distinct), resolution, dtype=np.int64))
+            g_start.append((distinct % span + low) * resolution)
+            total += len(distinct)
+        event_group.append(gid)
+    plan = ViewPlan(events, _concat(g_entity), _concat(g_res), _concat(g_start), event_group, {}, {})
+    for i in range(len(layout.complex)):  # a tile's complex field holds latest values too (the ttl slow path)
+        index = events.complex[i].index
+        for gid in event_group:
+            for g, e in zip(gid[index].tolist(), index.tolist()):
+                if g >= 0:
+                    plan.complex_items.setdefault(g, []).append((i, e))
+    for i, spec in enumerate(layout.complex):
+        if spec.latest:
+            index = events.complex[i].index
+            for ent, e in zip(entity[index].tolist(), index.tolist()):
+                plan.latest_items.setdefault(ent, []).append((i, e))
+    prefix = view_prefix(writer.project, layout.view.name, layout.view.version)
+    by_entity = np.argsort(plan.group_entity, kind="stable")
+    bounds = np.searchsorted(plan.group_entity[by_entity], np.arange(len(events.entities) + 1))
+    names = []
+    for resolution in layout.resolutions:
+        chosen = plan.group_resolution == resolution
+        names_r = _tile_fields(resolution, plan.group_start[chosen])
+        names.append((np.flatnonzero(chosen).tolist(), names_r))
+    tile_name: list[bytes] = [b""] * len(plan.group_entity)
+    for positions, names_r in names:
+        for g, name in zip(positions, names_r):
+            tile_name[g] = name
+    plan.tile_names = tile_name
+    maintained = writer.maintained
+    stamp = writer.maintenance_stamp(layout)
+    for ent in range(len(events.entities)):
+        groups = by_entity[bounds[ent]:bounds[ent + 1]].tolist()
+        latest = ent in plan.latest_items
+        if not groups and not latest:
+            continue  # every event too old for every tile, and no latest value
+        fields = [tile_name[g] for g in groups]
+        fields += [tile_name[g] + b"x" for g in groups if g in plan.complex_items]
+        if latest:
+            fields.append(LATEST_FIELD)
+        key = entity_key(prefix, events.entities[ent])
+        plan.entities.append(ent)
+        plan.keys.append(key)
+        plan.fields.append(fields)
+        plan.slots.append(groups)
+        plan.due.append(maintained.get(key) != stamp)
+    return plan
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: list[list]) -> int:
+    """Queue ``plan``'s new absolute values on ``batch``; ``stored``: per read entity, the
+    values of its fields. Returns the tile records written."""
+    events = plan.events
+    layout = events.layout
+    view = layout.view
+    fold = layout.fold
+    n_groups = len(plan.group_entity)
+    blobs: list[bytes] = [layout.zero] * n_groups
+    stored_complex: dict[int, bytes | None] = {}
+    stored_latest: dict[int, bytes | None] = {}
+    for ent, slots, values, fields in zip(plan.entities, plan.slots, stored, plan.fields):
+        for g, blob in zip(slots, values):
+            if blob:
+                blobs[g] = blob
+        position = len(slots)
+        for g in slots:
+            if g in plan.complex_items:
+                stored_complex[g] = values[position]
+                position += 1
+        if ent in plan.latest_items:
+            stored_latest[ent] = values[position]
+    # numeric: every group's stored record first, then its events, in one fold
+    rows = [fold.records(blobs)] if n_groups else []
+    groups = [np.arange(n_groups)]
+    for gid in plan.event_group:
+        chosen = gid >= 0
+        rows.append(events.records[chosen])
+        groups.append(gid[chosen])
+    merged_raw = b""
+    if n_groups:
+        everything = np.vstack(rows)
+        labels = np.concatenate(groups)
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], np.arange(n_groups))
+        merged_raw = fold.reduce(everything[order], starts).tobytes()
+    width = layout.width
+    vw = batch._view(view)
+    complex_json = _merge_complex(plan, stored_complex)
+    names = plan.tile_names
+    for ent, slots in zip(plan.entities, plan.slots):
+        fields = vw.entities.setdefault(events.entities[ent], _EntityWrite()).fields
+        for g in slots:
+            name = names[g]
+            fields[name] = merged_raw[g * width:(g + 1) * width]
+            if g in complex_json:
+                fields[name + b"x"] = complex_json[g]
+    if n_groups:
+        first = int(plan.group_start.min())
+        vw.min_ts = first if vw.min_ts is None else min(vw.min_ts, first)
+    for ent, items in plan.latest_items.items():
+        _merge_latest(batch, view, layout, events, ent, items, stored_latest.get(ent))
+    _queue_tail(batch, writer, events)
+    return n_groups
+
+
+def _merge_complex(plan: ViewPlan, stored: dict[int, bytes | None]) -> dict[int, bytes]:
+    """New complex JSON of every group that receives a complex partial."""
+    events = plan.events
+    layout = events.layout
+    values = [c.values for c in events.complex]
+    positions = [{e: j for j, e in enumerate(c.index.tolist())} for c in events.complex]
+    out: dict[int, bytes] = {}
+    for g, items in plan.complex_items.items():
+        old = layout.decode_complex(stored.get(g))
+        parts: list[list] = [[p] for p in old]
+        for spec, e in items:
+            parts[spec].append(events.complex_partial(spec, e, values[spec][positions[spec][e]]))
+        value = TileValue()
+        for spec, part in zip(layout.complex, parts):
+            merged = merge(spec.agg, part, spec.feature.k)
+            if merged is not None:
+                value.partials[spec.feature.name] = merged
+        out[g] = layout.encode_complex(value)
+    return out
+
+
+def _merge_latest(batch: WriteBatch, view, layout, events: ViewEvents, ent: int, items, stored: bytes | None) -> None:
+    parts = []
+    if stored:
+        parts.append(TileValue(partials={c.feature.name: p for c, p in
+                                         zip(layout.latest, layout.decode_complex(stored, latest=True))}))
+    column = {spec: {e: j for j, e in enumerate(events.complex[spec].index.tolist())} for spec, _e in items}
+    for spec, e in items:
+        value = events.complex[spec].values[column[spec][e]]
+        parts.append(TileValue(partials={layout.complex[spec].feature.name: events.complex_partial(spec, e, value)}))
+    batch.put_latest(view, events.entities[ent], layout.merge_values(parts))
+
+
+def _queue_tail(batch: WriteBatch, writer: OnlineWriter, events: ViewEvents) -> None:
+    """The open tile's events, one tail member each: order key, numeric record, complex JSON."""
+    layout = events.layout
+    if not writer.tail or layout.finest is None or not len(events):
+        return
+    floor = writer.tail_floor(layout)
+    index = np.flatnonzero(events.ts >= floor)
+    if not len(index):
+        return
+    head = np.empty((len(index), 3 + layout.n_int + layout.n_float), dtype="<i8")
+    head[:, 0] = events.ts[index]
+    head[:, 1] = events.partition[index]
+    head[:, 2] = events.offset[index]
+    head[:, 3:] = events.records[index]
+    raw = head.tobytes()
+    size = head.shape[1] * 8
+    empty = layout.encode_complex(TileValue())
+    own: dict[int, list] = {}
+    if layout.complex:
+        wanted = set(index.tolist())
+        for spec, column in enumerate(events.complex):
+            for e, value in zip(column.index.tolist(), column.values):
+                if e in wanted:
+                    own.setdefault(e, [None] * len(layout.complex))[spec] = events.complex_partial(spec, e, value)
+    vw = batch._view(layout.view)
+    entity, names = events.entity, events.entities
+    for j, (e, ent, score) in enumerate(zip(index.tolist(), entity[index].tolist(), events.ts[index].tolist())):
+        extra = own.get(e)
+        tail_json = empty if extra is None else encode_partials(extra, layout.float_complex)
+        item = vw.entities.setdefault(names[ent], _EntityWrite())
+        item.tail[raw[j * size:(j + 1) * size] + tail_json] = score
