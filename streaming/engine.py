@@ -260,11 +260,17 @@ class StreamEngine:
             rows_of[(topic, partition)] = rows
             decoding += clock() - started
         started = clock()
+        landable: dict[str, tuple] = {}  # topic -> its rows' columns, and each partition's span of them
         for topic in {t for t, _p in fresh}:  # each topic's rows, every partition at once
-            rows = [r for (t, _p), part in rows_of.items() if t == topic for r in part]
+            rows, spans = [], {}
+            for (t, p), part in rows_of.items():
+                if t == topic:
+                    spans[p] = (len(rows), len(rows) + len(part))
+                    rows.extend(part)
             if not rows:
                 continue
             columns = rows_to_columns(rows, dict(self.sources[topic].schema_))
+            landable[topic] = (columns, rows, spans)
             for view in self.views[topic]:
                 events[(view.name, view.version)] = (view, self.evaluators[(view.name, view.version)].evaluate_rows(
                     rows, columns=columns))
@@ -315,8 +321,11 @@ class StreamEngine:
             if items[-1].offset() <= landed:
                 continue  # already in the offline log (a bootstrap handoff): applied, not landed again
             first = next(m.offset() for m in items if m.offset() > landed)
-            rows = [r for r in rows_of[(topic, partition)] if r["_offset"] > landed]
-            todo.append((topic, partition, first, items[-1].offset(), rows))
+            columns, rows, spans = landable.get(topic, (None, [], {}))
+            lo, hi = spans.get(partition, (0, 0))
+            while lo < hi and rows[lo]["_offset"] <= landed:
+                lo += 1
+            todo.append((topic, partition, first, items[-1].offset(), columns, rows, lo, hi))
         self._land_later(todo, batch.committed_at)
         started = clock()
         self._publish(fresh, rows_of, events, batch)
@@ -337,8 +346,11 @@ class StreamEngine:
 
         def land() -> None:
             started = time.perf_counter()
-            for topic, partition, first, last, rows in todo:
-                self._land(topic, partition, first, last, rows, applied_at)
+            tables: dict[str, object] = {}
+            for topic, partition, first, last, columns, rows, lo, hi in todo:
+                if hi > lo and topic not in tables:
+                    tables[topic] = self._arrow_rows(topic, columns, rows, applied_at)
+                self._land(topic, partition, first, last, tables[topic].slice(lo, hi - lo) if hi > lo else None)
             self.stats.seconds["land"] += time.perf_counter() - started
 
         self._landing = self._land_pool.submit(land)
@@ -428,25 +440,38 @@ class StreamEngine:
             return
         self._published_dead = Counter(self.stats.dead_letters)
 
-    def _land(self, topic: str, partition: int, first: int, last: int, rows: list[dict], applied_at: int) -> None:
+    def _arrow_rows(self, topic: str, columns, rows: list[dict], applied_at: int):
+        """The offline log's table of decoded rows (their columns already built for the
+        evaluation), stamped with ``applied_at``."""
+        import numpy as np
         import pyarrow as pa
 
-        source = self.sources[topic]
-        if rows:
-            schema = self.offline_log.arrow_schema(source)
-            arrays = []
-            for f in schema:
-                values = [applied_at] * len(rows) if f.name == "_applied_at" else [r.get(f.name) for r in rows]
-                if pa.types.is_timestamp(f.type):  # rows carry timestamps as integer microseconds
-                    arrays.append(pa.array(values, type=pa.int64()).cast(f.type))
+        n = len(rows)
+        arrays = []
+        schema = self.offline_log.arrow_schema(self.sources[topic])
+        for f in schema:
+            if f.name == "_applied_at":
+                arrays.append(pa.array(np.full(n, applied_at, dtype=np.int64)).cast(f.type))
+            elif f.name in ("_ingested_at", "_partition", "_offset"):
+                values = np.fromiter((r[f.name] for r in rows), dtype=np.int64, count=n)
+                arrays.append(pa.array(values).cast(f.type))
+            else:
+                vec = columns[f.name]
+                if pa.types.is_timestamp(f.type):  # timestamps are integer microseconds
+                    arrays.append(pa.array(vec.values, mask=vec.null).cast(f.type))
                 else:
-                    arrays.append(pa.array(values, type=f.type))
-            table = pa.Table.from_arrays(arrays, schema=schema)
-            self.offline_log.write(source, table, batch_id=f"k-{topic}-{partition}-{first}-{last}")
+                    arrays.append(pa.array(vec.values, type=f.type, mask=vec.null))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _land(self, topic: str, partition: int, first: int, last: int, table) -> None:
+        """Write offsets ``first..last`` of a partition to the offline log (``table``: their
+        good rows, or None), then move ``landed/<topic>/<partition>`` forward."""
+        if table is not None and table.num_rows:
+            self.offline_log.write(self.sources[topic], table, batch_id=f"k-{topic}-{partition}-{first}-{last}")
         # only ever forward: a process that lost the partition may land its last batch late
         self.writer.client.eval(MAX_SCRIPT, 1, self.writer_progress_key, _marker("landed", topic, partition), last)
         self._landed[(topic, partition)] = max(last, self._landed.get((topic, partition), -1))
-        self.stats.landed += len(rows)
+        self.stats.landed += 0 if table is None else table.num_rows
 
     @property
     def writer_progress_key(self) -> bytes:
@@ -467,7 +492,10 @@ class StreamEngine:
                                      ingested_at_us=kafka_ingested_at(message))
             if not isinstance(decoded, DeadLetter):
                 rows.append(decoded)
-        self._land(topic, partition, messages[0].offset(), limit, rows, applied_at)
+        table = None
+        if rows:
+            table = self._arrow_rows(topic, rows_to_columns(rows, dict(self.sources[topic].schema_)), rows, applied_at)
+        self._land(topic, partition, messages[0].offset(), limit, table)
         self._replay.pop(key, None)
 
     def dead_letter_topic(self, topic: str) -> str:

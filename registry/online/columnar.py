@@ -62,13 +62,25 @@ class ViewEvents:
     def view(self) -> FeatureView:
         return self.layout.view
 
-    def complex_partial(self, spec_index: int, position: int, value: Any) -> Any:
-        """The partial of complex feature ``spec_index`` for the event at ``position``."""
-        spec = self.layout.complex[spec_index]
-        if spec.agg in ("min", "max"):
-            return value
-        order = (int(self.ts[position]), int(self.partition[position]), int(self.offset[position]))
-        return (order, value) if spec.agg == "last" else [(order, value)]
+    def partials(self, spec_index: int) -> list:
+        """The partials of complex feature ``spec_index``, one per entry of its column (in
+        :class:`ComplexColumn` order): ``last`` -> ``(order key, value)``, ``last_k`` ->
+        ``[(order key, value)]``, string min/max -> the value. Computed once per batch."""
+        cache = self.__dict__.setdefault("_partials", {})
+        found = cache.get(spec_index)
+        if found is None:
+            spec, column = self.layout.complex[spec_index], self.complex[spec_index]
+            if spec.agg in ("min", "max"):
+                found = list(column.values)
+            else:
+                index = column.index
+                orders = zip(self.ts[index].tolist(), self.partition[index].tolist(), self.offset[index].tolist())
+                if spec.agg == "last":
+                    found = [(order, value) for order, value in zip(orders, column.values)]
+                else:
+                    found = [[(order, value)] for order, value in zip(orders, column.values)]
+            cache[spec_index] = found
+        return found
 
     @classmethod
     def from_events(cls, layout: ViewLayout, events: Sequence) -> "ViewEvents":

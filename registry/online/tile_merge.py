@@ -42,8 +42,8 @@ class ViewPlan:
     group_resolution: np.ndarray   # per group: resolution (µs)
     group_start: np.ndarray        # per group: tile start (µs)
     event_group: list[np.ndarray]  # per resolution: each event's group, -1 when too old to keep
-    complex_items: dict[int, list[tuple[int, int]]]  # group -> [(complex spec, event)]
-    latest_items: dict[int, list[tuple[int, int]]]   # entity -> [(complex spec, event)] of latest values
+    complex_items: dict[int, list[tuple[int, int]]]  # group -> [(complex spec, position in its column)]
+    latest_items: dict[int, list[tuple[int, int]]]   # entity -> [(latest spec, position in its column)]
     entities: list[int] = field(default_factory=list)       # entities read and written, in read order
     keys: list[bytes] = field(default_factory=list)          # their hash keys
     fields: list[list[bytes]] = field(default_factory=list)  # per entity: the fields read
@@ -84,14 +84,13 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
     for i in range(len(layout.complex)):  # a tile's complex field holds latest values too (the ttl slow path)
         index = events.complex[i].index
         for gid in event_group:
-            for g, e in zip(gid[index].tolist(), index.tolist()):
+            for j, g in enumerate(gid[index].tolist()):
                 if g >= 0:
-                    plan.complex_items.setdefault(g, []).append((i, e))
+                    plan.complex_items.setdefault(g, []).append((i, j))
     for i, spec in enumerate(layout.complex):
         if spec.latest:
-            index = events.complex[i].index
-            for ent, e in zip(entity[index].tolist(), index.tolist()):
-                plan.latest_items.setdefault(ent, []).append((i, e))
+            for j, ent in enumerate(entity[events.complex[i].index].tolist()):
+                plan.latest_items.setdefault(ent, []).append((i, j))
     prefix = view_prefix(writer.project, layout.view.name, layout.view.version)
     by_entity = np.argsort(plan.group_entity, kind="stable")
     bounds = np.searchsorted(plan.group_entity[by_entity], np.arange(len(events.entities) + 1))
@@ -169,8 +168,12 @@ def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: 
     vw = batch._view(view)
     complex_json = _merge_complex(plan, stored_complex)
     names = plan.tile_names
+    entities = vw.entities
     for ent, slots in zip(plan.entities, plan.slots):
-        fields = vw.entities.setdefault(events.entities[ent], _EntityWrite()).fields
+        item = entities.get(events.entities[ent])
+        if item is None:
+            item = entities[events.entities[ent]] = _EntityWrite()
+        fields = item.fields
         for g in slots:
             name = names[g]
             fields[name] = merged_raw[g * width:(g + 1) * width]
@@ -189,20 +192,14 @@ def _merge_complex(plan: ViewPlan, stored: dict[int, bytes | None]) -> dict[int,
     """New complex JSON of every group that receives a complex partial."""
     events = plan.events
     layout = events.layout
-    values = [c.values for c in events.complex]
-    positions = [{e: j for j, e in enumerate(c.index.tolist())} for c in events.complex]
+    partials = [events.partials(i) for i in range(len(layout.complex))]
+    specs = [(spec.agg, spec.feature.k) for spec in layout.complex]
     out: dict[int, bytes] = {}
     for g, items in plan.complex_items.items():
-        old = layout.decode_complex(stored.get(g))
-        parts: list[list] = [[p] for p in old]
-        for spec, e in items:
-            parts[spec].append(events.complex_partial(spec, e, values[spec][positions[spec][e]]))
-        value = TileValue()
-        for spec, part in zip(layout.complex, parts):
-            merged = merge(spec.agg, part, spec.feature.k)
-            if merged is not None:
-                value.partials[spec.feature.name] = merged
-        out[g] = layout.encode_complex(value)
+        parts: list[list] = [[p] for p in layout.decode_complex(stored.get(g))]
+        for spec, j in items:
+            parts[spec].append(partials[spec][j])
+        out[g] = encode_partials([merge(agg, part, k) for (agg, k), part in zip(specs, parts)], layout.float_complex)
     return out
 
 
@@ -211,10 +208,8 @@ def _merge_latest(batch: WriteBatch, view, layout, events: ViewEvents, ent: int,
     if stored:
         parts.append(TileValue(partials={c.feature.name: p for c, p in
                                          zip(layout.latest, layout.decode_complex(stored, latest=True))}))
-    column = {spec: {e: j for j, e in enumerate(events.complex[spec].index.tolist())} for spec, _e in items}
-    for spec, e in items:
-        value = events.complex[spec].values[column[spec][e]]
-        parts.append(TileValue(partials={layout.complex[spec].feature.name: events.complex_partial(spec, e, value)}))
+    for spec, j in items:
+        parts.append(TileValue(partials={layout.complex[spec].feature.name: events.partials(spec)[j]}))
     batch.put_latest(view, events.entities[ent], layout.merge_values(parts))
 
 
@@ -237,15 +232,20 @@ def _queue_tail(batch: WriteBatch, writer: OnlineWriter, events: ViewEvents) -> 
     empty = layout.encode_complex(TileValue())
     own: dict[int, list] = {}
     if layout.complex:
-        wanted = set(index.tolist())
         for spec, column in enumerate(events.complex):
-            for e, value in zip(column.index.tolist(), column.values):
-                if e in wanted:
-                    own.setdefault(e, [None] * len(layout.complex))[spec] = events.complex_partial(spec, e, value)
+            chosen = events.ts[column.index] >= floor  # the entries of events in the tail
+            for e, partial in zip(column.index[chosen].tolist(),
+                                  [p for p, c in zip(events.partials(spec), chosen.tolist()) if c]):
+                if e not in own:
+                    own[e] = [None] * len(layout.complex)
+                own[e][spec] = partial
     vw = batch._view(layout.view)
+    entities = vw.entities
     entity, names = events.entity, events.entities
     for j, (e, ent, score) in enumerate(zip(index.tolist(), entity[index].tolist(), events.ts[index].tolist())):
         extra = own.get(e)
         tail_json = empty if extra is None else encode_partials(extra, layout.float_complex)
-        item = vw.entities.setdefault(names[ent], _EntityWrite())
+        item = entities.get(names[ent])
+        if item is None:
+            item = entities[names[ent]] = _EntityWrite()
         item.tail[raw[j * size:(j + 1) * size] + tail_json] = score
