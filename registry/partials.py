@@ -19,7 +19,6 @@ An *order key* is ``(ts, partition, offset)``: greater is newer (DESIGN.md tie-b
 
 from __future__ import annotations
 
-import heapq
 from typing import Any, Callable, Iterable
 
 from parity.registry.semantics import empty_value
@@ -36,7 +35,15 @@ def _merge_mean(parts: list) -> Any:
 
 
 def _merge_last_k(parts: list, k: int) -> list:
-    return heapq.nlargest(k, (item for part in parts for item in part), key=lambda item: item[0])
+    # = heapq.nlargest(k, ..., key=order key): order keys are unique, and a sort of a few
+    # dozen items is several times faster than the heap
+    items = [item for part in parts for item in part]
+    items.sort(key=_order_key, reverse=True)
+    return items[:k]
+
+
+def _order_key(item: tuple) -> Any:
+    return item[0]
 
 
 MERGE: dict[str, Callable[[list, int | None], Any]] = {

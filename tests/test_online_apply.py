@@ -70,10 +70,26 @@ def test_concurrent_writers_sharing_entities_lose_nothing(redis, case):
     assert progress == {f"ev/{p}": str(parts[p][-1]["_offset"]) for p in (0, 1) if parts[p]}
 
 
+def test_a_lock_that_expired_untaken_costs_nothing(redis):
+    """A merge outlasting the lock's expiry commits at once when nobody took the lock since
+    (the epoch did not move)."""
+    from parity.registry.online.keys import apply_lock_key
+
+    redis.flushall()
+    writer = OnlineWriter(redis, "t", DEFS, clock=CLOCK)
+    view = DEFS.view("u")
+    event = EventEvaluator(DEFS, view, writer.layout(view)).evaluate(
+        {"user_id": 1, "kind": "a", "amount": 5, "score": 1.0, "ts": BASE}, 0, 0)
+    used = apply_events(writer, [(view, [event])], progress={"ev/0": "0"},
+                        after_read=lambda attempt: redis.delete(apply_lock_key("t")))
+    assert used.attempts == 1 and writer.read_progress() == {"ev/0": "0"}
+
+
 def test_a_write_between_read_and_commit_forces_a_re_merge(redis):
     """Writer A reads under the apply lock; the lock expires (deleted here) and writer B takes
-    it and commits to the same entity; then A would commit: its renewal of the lock fails,
-    so A re-reads and re-merges, and both batches count (a lost update would show 1, not 2)."""
+    it and commits to the same entity; then A would commit: the lock's epoch moved, so A
+    writes nothing, re-reads and re-merges, and both batches count (a lost update would show
+    1, not 2)."""
     from parity.registry.online.keys import apply_lock_key
 
     a, b = (OnlineWriter(redis.__class__(connection_pool=redis.connection_pool), "t", DEFS, clock=CLOCK)
@@ -143,4 +159,22 @@ def test_stream_applies_keep_keys_expiring_trimmed_and_pruned(redis):
     assert calls(after, "hset") == calls(before, "hset") + 1 and calls(after, "zadd") == calls(before, "zadd") + 1
     assert calls(after, "hlen") == calls(before, "hlen") and calls(after, "zremrangebyscore") == calls(
         before, "zremrangebyscore")
-    assert calls(after, "pexpire") == calls(before, "pexpire") + 1  # only the apply lock's renewal
+    assert calls(after, "pexpire") == calls(before, "pexpire")
+
+    def commands_of_a_write_at(at, offset):
+        clock["now"] = to_micros(at)
+        row = {"user_id": 1, "kind": "a", "amount": 1, "ts": at - timedelta(seconds=1)}
+        before = redis.info("commandstats")
+        apply_events(writer, [(view, [evaluator.evaluate(row, 0, offset)])])
+        after = redis.info("commandstats")
+        return {name: calls(after, name) - calls(before, name) for name in ("pexpire", "zremrangebyscore")}
+
+    last = BASE + timedelta(hours=STEPS - 1)
+    finest = timedelta(microseconds=layout.finest)
+    # the tail is trimmed (and its expiry refreshed) every second finest tile, the key's
+    # expiry once half of it has passed
+    assert commands_of_a_write_at(last + finest, 100) == {"pexpire": 0, "zremrangebyscore": 0}
+    assert commands_of_a_write_at(last + 2 * finest, 101) == {"pexpire": 1, "zremrangebyscore": 1}
+    half = timedelta(milliseconds=writer.expiry_ms(layout) // 2)
+    assert commands_of_a_write_at(last + 2 * finest + half + finest, 102) == {"pexpire": 2, "zremrangebyscore": 1}
+    assert redis.pttl(key) > half.total_seconds() * 1000

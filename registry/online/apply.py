@@ -6,21 +6,24 @@ and writes those through :class:`~parity.registry.online.writer.OnlineWriter`, w
 batch's progress markers, in one transaction:
 
 1. take the project's **apply lock** (``SET NX PX`` with a random token; it expires after
-   a few seconds, so a crashed writer holds nobody up for long). Writers that merge into
-   stored values take turns: while one reads, merges and writes, no other writes;
+   a few seconds, so a crashed writer holds nobody up for long) and with it the next
+   *epoch* (a counter of takings). Writers that merge into stored values take turns: while
+   one reads, merges and writes, no other writes;
 2. check the expected progress markers (a writer that lost its partitions is fenced off:
    :class:`~parity.registry.online.writer.ProgressConflict`, nothing written);
 3. read the touched tiles and latest values (plain pipelined ``HMGET`` commands) and merge the
    batch into them (:mod:`parity.registry.online.tile_merge`): the numeric records of every
    touched tile of a view at once (:class:`~parity.registry.online.layout.NumericFold`),
    the complex partials and latest values with the registry's partial merges;
-4. renew the lock if it is still ours, ``WATCH`` it, and ``MULTI``: the absolute values as
+4. ``WATCH`` the epoch, check it is still ours, and ``MULTI``: the absolute values as
    plain commands (``HSET``, ``ZADD``, ``PEXPIRE``: no script per entity), the markers,
    and the lock's release; ``EXEC``.
 
-If the lock expired during a long merge and another writer took it (and wrote), the renewal
-fails or the ``WATCH`` aborts the ``EXEC``: nothing of the batch is written, and it is read
-and merged again. So no update is lost and none is applied twice.
+If the lock expired during a long merge and another writer took it (and may have written),
+the epoch moved: the check or the ``WATCH`` stops the ``EXEC``, nothing of the batch is
+written, and it is read and merged again. A lock that merely expired, with nobody taking it
+since, costs nothing: the epoch is unchanged. So no update is lost and none is applied twice,
+whatever the merge's duration.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from parity.registry.online.tile_merge import merge_into, plan_reads
 from parity.registry.online.writer import OnlineStoreUnavailable, OnlineWriter, ProgressConflict
 
 # Renews the apply lock's expiry if the token still holds it: 1, else 0.
-RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+# Takes the apply lock (KEYS[1]) for token ARGV[1] if it is free, and returns the new epoch
+# (KEYS[2], counting every taking of the lock); else 0.
+TAKE = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end return 0"
 RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 LOCK_TTL_MS = 5_000
 
@@ -110,8 +115,9 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
     marks_keys = [meta_key(view_prefix(writer.project, v.name, v.version)) for v, _t in watermark_topics]
     expected = list((expect or {}).items())
     lock, token = apply_lock_key(writer.project), uuid.uuid4().hex
+    epoch_key = lock + b":epoch"
     for attempt in range(1, retries + 1):
-        _take_lock(client, lock, token)
+        epoch = _take_lock(client, lock, epoch_key, token)
         try:
             if expected:
                 current = client.hmget(pkey, [n for n, _v in expected])
@@ -119,19 +125,12 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                 _raise_if_moved(expect, sorted(n for n, want in expected if found[n] != want), found)
             stored = _read(client, plans)
             batch = writer.batch()
-            tiles, over_full = 0, {}
-            due: dict[int, list[bytes]] = {}
-            for plan, (values, sizes) in zip(plans, stored):
-                tiles += merge_into(batch, writer, plan, values)
-                limit, _cuts = writer.prune_limits(plan.events.layout, writer.clock())
-                over_full[id(plan.events.layout)] = [k for k, n in zip(plan.keys, sizes) if n is not None and n > limit]
-                due[id(plan.events.layout)] = [k for k, d in zip(plan.keys, plan.due) if d]
+            tiles = sum(merge_into(batch, writer, plan, values) for plan, values in zip(plans, stored))
             for view, mark in watermarks:
                 batch.set_watermark(view, mark)
             if after_read is not None:
                 after_read(attempt)
-            commands = [c for vw in batch._views.values()
-                        for c in writer.apply_commands(vw, over_full.get(id(vw.layout), ()), due.get(id(vw.layout), ()))]
+            commands = [c for vw in batch._views.values() for c in writer.apply_commands(vw)]
             commands.extend(extra)
             if progress:
                 commands.append(writer.progress_command(dict(progress)))
@@ -139,12 +138,9 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                 commands.append((b"EVAL", WATERMARK_FROM_MARKS, 1 + len(marks_keys), pkey, *marks_keys,
                                  *[t for _v, t in watermark_topics]))
             commands.append((b"DEL", lock))
-            done = _commit(client, lock, token, commands)
+            done = _commit(client, epoch_key, epoch, commands)
             if done is None:
                 continue  # the lock expired and another writer took it: read and merge again
-            for plan in plans:  # expiries refreshed, sizes checked, tails trimmed in this finest tile
-                writer.mark_maintained([k for k, d in zip(plan.keys, plan.due) if d],
-                                       writer.maintenance_stamp(plan.events.layout))
             committed_at = int(done[-3 if with_marks else -2]) if progress else None
             return AppliedBatch(attempt, committed_at, tiles)
         finally:
@@ -153,44 +149,34 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                                 f"{retries} times", hint="fewer engine processes, or smaller batches")
 
 
-def _read(client, plans) -> list[tuple[list[list], list[int | None]]]:
-    """Per plan: the stored values of every read entity's fields, and the size of each entity
-    hash whose maintenance is due (None for the others)."""
-    packed = []
-    for plan in plans:
-        for key, fields, due in zip(plan.keys, plan.fields, plan.due):
-            packed.append(pack((b"HMGET", key, *fields)))
-            if due:
-                packed.append(pack((b"HLEN", key)))
+def _read(client, plans) -> list[list[list]]:
+    """Per plan: the stored values of every read entity's fields."""
+    packed = [pack((b"HMGET", key, *fields)) for plan in plans for key, fields in zip(plan.keys, plan.fields)]
     if not packed:
-        return [([], []) for _plan in plans]
+        return [[] for _plan in plans]
     with _raw(client) as raw:
-        replies = iter(raw.exchange(packed))
-    out = []
+        replies = raw.exchange(packed)
+    out, first = [], 0
     for plan in plans:
-        values, sizes = [], []
-        for due in plan.due:
-            values.append(next(replies))
-            sizes.append(next(replies) if due else None)
-        out.append((values, sizes))
+        out.append(replies[first:first + len(plan.keys)])
+        first += len(plan.keys)
     return out
 
 
-def _commit(client, lock: bytes, token: str, commands: list[tuple]) -> list | None:
-    """Run ``commands`` in one transaction if the lock is still ``token``'s: renew it,
-    ``WATCH`` it, check it, ``MULTI`` ... ``EXEC``. Returns the commands' replies, or None
-    when the lock was lost (then nothing was written)."""
+def _commit(client, epoch_key: bytes, epoch: int, commands: list[tuple]) -> list | None:
+    """Run ``commands`` in one transaction if nobody took the apply lock since ``epoch``:
+    ``WATCH`` the epoch, check it, ``MULTI`` ... ``EXEC``. Returns the commands' replies, or
+    None when another writer took the lock (then nothing was written)."""
     with _raw(client) as raw:
-        renewed, _ok, holder = raw.exchange([pack((b"EVAL", RENEW, 1, lock, token, LOCK_TTL_MS)),
-                                             pack((b"WATCH", lock)), pack((b"GET", lock))])
-        if renewed != 1 or holder != token.encode():
+        _ok, current = raw.exchange([pack((b"WATCH", epoch_key)), pack((b"GET", epoch_key))])
+        if current is None or int(current) != epoch:
             raw.exchange([pack((b"UNWATCH",))])
             return None
         packed = [pack((b"MULTI",))] + [pack(c) for c in commands] + [pack((b"EXEC",))]
         replies = raw.exchange(packed)
     result = replies[-1]
     if result is None:
-        return None  # the lock expired (or was taken) after the check: EXEC did nothing
+        return None  # another writer took the lock after the check: EXEC did nothing
     errors = [r for r in replies[:-1] if isinstance(r, hiredis.ReplyError)]
     if isinstance(result, hiredis.ReplyError) or errors:
         raise ParityError(f"the online store refused a batch: {result if not errors else errors[0]}",
@@ -221,10 +207,13 @@ class _raw:
                                          "acknowledged and is applied again from the stored offsets") from value
 
 
-def _take_lock(client, lock: bytes, token: str) -> None:
+def _take_lock(client, lock: bytes, epoch_key: bytes, token: str) -> int:
     """Wait for the project's apply lock and take it (a holder that died frees it within
-    :data:`LOCK_TTL_MS`)."""
-    while not client.set(lock, token, nx=True, px=LOCK_TTL_MS):
+    :data:`LOCK_TTL_MS`); returns the epoch of this taking."""
+    while True:
+        epoch = client.eval(TAKE, 2, lock, epoch_key, token, LOCK_TTL_MS)
+        if epoch:
+            return int(epoch)
         time.sleep(0.002)
 
 

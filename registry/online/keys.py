@@ -92,8 +92,10 @@ def apply_lock_key(project: str) -> bytes:
     return f"p:{project}:_apply_lock".encode()
 
 
-#: Hash field of every entity key counting the writes to it (optimistic concurrency).
-VERSION_FIELD = b"_v"
+#: Hash field of an entity key with its upkeep by stream writers, ``<n>:<e>:<t>``: tile fields
+#: created since the last prune, when its expiry was last refreshed (seconds), and the finest
+#: tile index when its tail was last trimmed and given its expiry (-1: never). Readers ignore it.
+UPKEEP_FIELD = b"_m"
 
 
 def engine_key(project: str) -> bytes:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from parity.registry.online.columnar import ViewEvents
-from parity.registry.online.keys import LATEST_FIELD, entity_key, view_prefix
+from parity.registry.online.keys import LATEST_FIELD, UPKEEP_FIELD, entity_key, view_prefix
 from parity.registry.online.layout import TileValue, encode_partials
 from parity.registry.online.writer import OnlineWriter, WriteBatch, _EntityWrite
 from parity.registry.partials import merge
@@ -46,9 +46,8 @@ class ViewPlan:
     latest_items: dict[int, list[tuple[int, int]]]   # entity -> [(latest spec, position in its column)]
     entities: list[int] = field(default_factory=list)       # entities read and written, in read order
     keys: list[bytes] = field(default_factory=list)          # their hash keys
-    fields: list[list[bytes]] = field(default_factory=list)  # per entity: the fields read
+    fields: list[list[bytes]] = field(default_factory=list)  # per entity: the fields read (``_m`` last)
     slots: list[list[int]] = field(default_factory=list)     # per entity: the group of each numeric field
-    due: list[bool] = field(default_factory=list)            # per entity: expiry / pruning / trim due
     tile_names: list[bytes] = field(default_factory=list)    # per group: its numeric record's field
 
 
@@ -104,8 +103,6 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
         for g, name in zip(positions, names_r):
             tile_name[g] = name
     plan.tile_names = tile_name
-    maintained = writer.maintained
-    stamp = writer.maintenance_stamp(layout)
     for ent in range(len(events.entities)):
         groups = by_entity[bounds[ent]:bounds[ent + 1]].tolist()
         latest = ent in plan.latest_items
@@ -118,9 +115,8 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
         key = entity_key(prefix, events.entities[ent])
         plan.entities.append(ent)
         plan.keys.append(key)
-        plan.fields.append(fields)
+        plan.fields.append(fields + [UPKEEP_FIELD])
         plan.slots.append(groups)
-        plan.due.append(maintained.get(key) != stamp)
     return plan
 
 
@@ -139,17 +135,24 @@ def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: 
     blobs: list[bytes] = [layout.zero] * n_groups
     stored_complex: dict[int, bytes | None] = {}
     stored_latest: dict[int, bytes | None] = {}
-    for ent, slots, values, fields in zip(plan.entities, plan.slots, stored, plan.fields):
+    created: list[int] = []  # per read entity: the fields this write creates
+    for ent, slots, values in zip(plan.entities, plan.slots, stored):
+        new = 0
         for g, blob in zip(slots, values):
             if blob:
                 blobs[g] = blob
+            else:
+                new += 1
         position = len(slots)
         for g in slots:
             if g in plan.complex_items:
                 stored_complex[g] = values[position]
+                new += values[position] is None
                 position += 1
         if ent in plan.latest_items:
             stored_latest[ent] = values[position]
+            new += values[position] is None
+        created.append(new)
     # numeric: every group's stored record first, then its events, in one fold
     rows = [fold.records(blobs)] if n_groups else []
     groups = [np.arange(n_groups)]
@@ -169,10 +172,12 @@ def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: 
     complex_json = _merge_complex(plan, stored_complex)
     names = plan.tile_names
     entities = vw.entities
-    for ent, slots in zip(plan.entities, plan.slots):
+    upkeep = _Upkeep(writer, layout, events)
+    for ent, slots, values, new in zip(plan.entities, plan.slots, stored, created):
         item = entities.get(events.entities[ent])
         if item is None:
             item = entities[events.entities[ent]] = _EntityWrite()
+        upkeep.decide(item, ent, values[-1], new)
         fields = item.fields
         for g in slots:
             name = names[g]
@@ -186,6 +191,49 @@ def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: 
         _merge_latest(batch, view, layout, events, ent, items, stored_latest.get(ent))
     _queue_tail(batch, writer, events)
     return n_groups
+
+
+class _Upkeep:
+    """Decides, from an entity's ``_m`` field (:data:`~parity.registry.online.keys.UPKEEP_FIELD`),
+    what a stream write must do besides writing values, and the field's new value:
+
+    - refresh the key's expiry when it was last refreshed more than half the expiry ago (a
+      new key has no ``_m``: at once);
+    - prune old tiles once the writes since the last prune created a fifth of the hash's
+      expected size in new fields (so the hash stays within :meth:`OnlineWriter.prune_limits`);
+    - trim the tail and refresh its expiry (three finest tiles and five minutes) when it was
+      last done two or more finest tiles ago; the tail key then lives at least until the next
+      time that is due.
+
+    So an entity written often costs one ``HSET`` and one ``ZADD`` per batch, without a
+    size check or expiry command, and processes share the upkeep state.
+    """
+
+    def __init__(self, writer: OnlineWriter, layout, events: ViewEvents):
+        now = writer.clock()
+        self.now_s = now // 1_000_000
+        expiry = writer.expiry_ms(layout)
+        self.refresh_after_s = None if expiry is None else expiry // 2000
+        limit, _cuts = writer.prune_limits(layout, now)
+        self.prune_after = max(8, limit // 5)
+        finest = layout.finest
+        self.tile = now // finest if finest else -1
+        floor = writer.tail_floor(layout) if writer.tail and finest else None
+        self.tailed = set() if floor is None else set(np.unique(events.entity[events.ts >= floor]).tolist())
+
+    def decide(self, item: _EntityWrite, ent: int, raw: bytes | None, created: int) -> None:
+        n, refreshed, trimmed = (int(x) for x in raw.split(b":")) if raw else (0, -1, -1)
+        n += created
+        item.prune = n >= self.prune_after
+        if item.prune:
+            n = 0
+        item.expire = self.refresh_after_s is not None and (refreshed < 0 or self.now_s - refreshed > self.refresh_after_s)
+        if item.expire:
+            refreshed = self.now_s
+        item.trim_tail = ent in self.tailed and (trimmed < 0 or self.tile - trimmed >= 2)
+        if item.trim_tail:
+            trimmed = self.tile
+        item.fields[UPKEEP_FIELD] = b"%d:%d:%d" % (n, refreshed, trimmed)
 
 
 def _merge_complex(plan: ViewPlan, stored: dict[int, bytes | None]) -> dict[int, bytes]:

@@ -158,6 +158,11 @@ class _EntityWrite:
     fields: dict[bytes, bytes] = field(default_factory=dict)
     tail: dict[bytes, int] = field(default_factory=dict)  # member -> score
     horizon_end: int | None = None  # newest instant the key must survive until (event time)
+    # stream applies (``apply_commands``): what this write must also do, from the entity's
+    # ``_m`` field: refresh the key's expiry, trim and refresh the tail, prune old tiles
+    expire: bool = True
+    trim_tail: bool = True
+    prune: bool = False
 
 
 @dataclass
@@ -299,20 +304,6 @@ class OnlineWriter:
         self._write = client.register_script(WRITE_SCRIPT)
         self._progress = client.register_script(PROGRESS_SCRIPT)
         self._loaded = False
-        #: entity or tail key -> the maintenance stamp (finest tile index) when this process
-        #: last refreshed its expiry, checked its size and trimmed its tail (stream applies do
-        #: that once per finest tile per key, not on every write)
-        self.maintained: dict[bytes, int] = {}
-
-    def maintenance_stamp(self, layout: ViewLayout) -> int:
-        finest = layout.finest or 86_400_000_000
-        return self.clock() // finest
-
-    def mark_maintained(self, keys: Iterable[bytes], stamp: int) -> None:
-        if len(self.maintained) > 2_000_000:  # a hint, not state: forget it rather than grow
-            self.maintained.clear()
-        for key in keys:
-            self.maintained[key] = stamp
 
     def layout(self, view: FeatureView) -> ViewLayout:
         key = (view.name, view.version)
@@ -368,38 +359,35 @@ class OnlineWriter:
         ahead = parse_duration(source.max_future) if source is not None else 0
         return (horizon + ahead) // 1000 + 60_000
 
-    def apply_commands(self, vw: _ViewWrite, over_full: Sequence[bytes] = (),
-                       due: Iterable[bytes] | None = None) -> list[tuple]:
+    def apply_commands(self, vw: _ViewWrite) -> list[tuple]:
         """A stream batch's writes of one view as plain commands (no script per entity):
-        ``HSET`` of its tiles and latest values and ``ZADD`` of its tail per entity; for the
-        entities in ``due`` (default: all) also ``PEXPIRE`` of both keys and the trim of the
-        tail (``ZREMRANGEBYSCORE``): a process does that once per finest tile per entity
-        (:attr:`maintained`; expiries run for days, tail keys for three finest tiles, so
-        refreshing them once per tile keeps them alive, and trimming is only memory: reads
-        take the tail by score); the prune script for the entities in ``over_full`` (their
-        hash grew past :meth:`prune_limits`); and the view's markers. The caller runs them in
-        a guarded transaction (:func:`~parity.registry.online.apply.apply_events`). Scripts
-        go as ``EVAL`` (the server caches them by digest), so a server that lost its script
-        cache cannot fail one command of the transaction."""
+        ``HSET`` of each entity's tiles, latest values and ``_m``, ``ZADD`` of its tail, and
+        only where the entity's ``_m`` says it is due (:mod:`parity.registry.online.tile_merge`):
+        ``PEXPIRE`` of the key, the trim (``ZREMRANGEBYSCORE``) and ``PEXPIRE`` of the tail,
+        and the prune script; then the view's markers. The caller runs them in a guarded
+        transaction (:func:`~parity.registry.online.apply.apply_events`). Scripts go as
+        ``EVAL`` (the server caches them by digest), so a server that lost its script cache
+        cannot fail one command of the transaction."""
         layout = vw.layout
         now = self.clock()
         expire = self.expiry_ms(layout)
         floor = self.tail_floor(layout) if self.tail else None
         tail_ttl = 0 if layout.finest is None else (3 * layout.finest) // 1000 + 300_000
         below = b"(%d" % floor if floor is not None else None
-        due = None if due is None else set(due)
         out: list[tuple] = []
+        over_full = []
         for encoded, item in vw.entities.items():
             key = vw.prefix + b"e:" + encoded
-            maintain = due is None or key in due
             if item.fields:
                 out.append((b"HSET", key, *[x for pair in item.fields.items() for x in pair]))
-                if expire is not None and maintain:
+                if expire is not None and item.expire:
                     out.append((b"PEXPIRE", key, expire))
+                if item.prune:
+                    over_full.append(key)
             if item.tail and self.tail:
                 tail = vw.prefix + b"t:" + encoded
                 out.append((b"ZADD", tail, *[x for member, score in item.tail.items() for x in (score, member)]))
-                if maintain:
+                if item.trim_tail:
                     if below is not None:
                         out.append((b"ZREMRANGEBYSCORE", tail, b"-inf", below))
                     out.append((b"PEXPIRE", tail, tail_ttl))
