@@ -127,14 +127,17 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
                      scan_of: Callable[[str], str], *, mode: str = "event_time", timestamp_column: str = "ts",
                      out: str | Path | None = None, progress: bool = False, phases: Phases | None = None):
     """Compute a training set; return an Arrow table, or write Parquet to ``out`` and return its path."""
-    from parity.batch.training_set import group_count, prepare_spine, training_set_sql
+    from parity.batch.training_set import float_scales, group_count, prepare_spine, training_set_sql
 
     phases = phases if phases is not None else Phases()
+    started = time.perf_counter()
+    scales = float_scales(con, defs, resolved, scan_of, mode)
+    phases.record("plan", started)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=group_count(resolved, mode, defs) + 2, desc="training set", unit="step")
+        bar = tqdm(total=group_count(resolved, mode, defs, scales) + 2, desc="training set", unit="step")
     started = time.perf_counter()
     table = register_spine(con, spine)
     columns = prepare_spine(con, defs, resolved, table, timestamp_column)
@@ -158,7 +161,7 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         return relation
 
     sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step,
-                           chunks=merge_chunks(con, resolved, table))
+                           chunks=merge_chunks(con, resolved, table), scales=scales)
     began = time.perf_counter()
     if bar:
         bar.set_postfix_str("assemble")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from parity.batch.aggregates import feature_partials, finish, q, spec_of
-from parity.batch.prefix import PrefixGroup, prefix_eligible, prefix_sql
+from parity.batch.prefix import PrefixGroup, exact_float_scales, prefix_eligible, prefix_sql
+from parity.batch.recent import RecentGroup, recent_eligible, recent_sql
 from parity.errors import ParityError
 from parity.registry.durations import DAY, parse_duration
 from parity.registry.expr import infer_type, parse, render_sql
@@ -52,22 +53,31 @@ class Group:
     features: list[tuple[ResolvedFeature, int | None]]  # (feature, window length; None = lifetime/latest)
 
 
+Scales = dict[tuple[str, int], dict[str, int]]  # (view, version) -> float column -> fixed-point scale
+
+
 def plan_groups(resolved: Iterable[ResolvedFeature], mode: str = "as_served",
-                defs: Definitions | None = None) -> list[Group | PrefixGroup]:
+                defs: Definitions | None = None, scales: Scales | None = None) -> list[Group | PrefixGroup | RecentGroup]:
     """Groups of features computed together.
 
-    In event-time mode, counts and integer sums/means of a view form one prefix-sum group
-    (:mod:`parity.batch.prefix`). The rest share tile pyramids per (view, tile size). (A
-    pyramid's cost is mostly its structure, not its features: a ``last_k`` in a group of
-    its own doubles the pyramid work, so it stays with the view's other tiled features.)
+    In event-time mode, counts and sums/means (integer, or float with an exact fixed-point
+    ``scales`` entry) of a view form one prefix-sum group (:mod:`parity.batch.prefix`), and
+    windowed last/last_k one list group per (view, column, where) (:mod:`parity.batch.recent`).
+    The rest share tile pyramids per (view, tile size).
     """
-    groups: dict[tuple, Group | PrefixGroup] = {}
+    groups: dict[tuple, Group | PrefixGroup | RecentGroup] = {}
     for item in resolved:
         window = feature_window(item.view, item.feature)
         view_key = (item.view.name, item.view.version)
+        view_scales = (scales or {}).get(view_key, {})
         if mode == "event_time" and defs is not None and window is not None \
-                and prefix_eligible(item.feature, view_schema(defs, item.view)):
-            group = groups.setdefault((*view_key, "prefix"), PrefixGroup(item.view, []))
+                and prefix_eligible(item.feature, view_schema(defs, item.view), view_scales.get(item.feature.column)):
+            group = groups.setdefault((*view_key, "prefix"), PrefixGroup(item.view, [], view_scales))
+            group.features.append((item, window))
+            continue
+        if mode == "event_time" and defs is not None and window is not None and recent_eligible(item.feature):
+            recent = (*view_key, "recent", item.feature.column, item.feature.where)
+            group = groups.setdefault(recent, RecentGroup(item.view, item.feature.column, item.feature.where, []))
             group.features.append((item, window))
             continue
         if window is None or window.is_lifetime:
@@ -305,9 +315,23 @@ def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine
     return [c for c in columns if c != "__row"]
 
 
+def float_scales(con, defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
+                 mode: str) -> Scales:
+    """The exact fixed-point scale of every float column summed over a window, per view
+    (event-time mode only; see :func:`parity.batch.prefix.exact_float_scales`)."""
+    if mode != "event_time":
+        return {}
+    found: Scales = {}
+    for item in resolved:
+        key = (item.view.name, item.view.version)
+        if key not in found:
+            found[key] = exact_float_scales(con, defs, item.view, events_sql(defs, item.view, scan_of(item.view.source)))
+    return found
+
+
 def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
                      mode: str, user_columns: list[str], *, step: Callable[[str, list[str], list[str]], str],
-                     chunks: int = 1) -> str:
+                     chunks: int = 1, scales: Scales | None = None) -> str:
     """The final SELECT: the spine's columns, then each feature, in spine order.
 
     ``step(name, setup, sql)`` runs a group's setup statements, materialises its SELECT and
@@ -318,7 +342,7 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
     joins = []
     outputs = []
     points_of: dict[str, tuple[str, list[str]]] = {}  # entity -> its points table, made once
-    for index, group in enumerate(plan_groups(resolved, mode, defs)):
+    for index, group in enumerate(plan_groups(resolved, mode, defs, scales)):
         keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
         setup: list[str] = []
         if group.view.entity not in points_of:
@@ -330,6 +354,10 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
             more, sql = prefix_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), points,
                                    f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} running totals ({len(group.features)} features)"
+        elif isinstance(group, RecentGroup):
+            more, sql = recent_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), points,
+                                   f"__g{index}", floor_sql)
+            name = f"{group.view.name} v{group.view.version} last values of {group.column} ({len(group.features)} features)"
         else:
             more, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}", chunks, points)
             name = f"{group.view.name} v{group.view.version} ({len(group.features)} features)"
@@ -344,9 +372,10 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
     return f"SELECT {user}, {', '.join(outputs)} FROM __spine s {' '.join(joins)} ORDER BY s.__row"
 
 
-def group_count(resolved: list[ResolvedFeature], mode: str = "as_served", defs: Definitions | None = None) -> int:
-    return len(plan_groups(resolved, mode, defs))
+def group_count(resolved: list[ResolvedFeature], mode: str = "as_served", defs: Definitions | None = None,
+                scales: Scales | None = None) -> int:
+    return len(plan_groups(resolved, mode, defs, scales))
 
 
 __all__ = ["training_set_sql", "prepare_spine", "group_sql", "plan_groups", "SpineError", "MODES",
-           "group_count", "floor_sql"]
+           "group_count", "floor_sql", "float_scales"]
