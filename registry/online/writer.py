@@ -22,6 +22,10 @@ Per entity, each commit also:
 Redis commands used: HSET, HLEN, HKEYS, HDEL, PEXPIRE (NX/GT, Redis >= 7.0), ZADD,
 ZREMRANGEBYSCORE. The script builds entity keys from the view prefix, so it needs a single
 Redis (or all keys of a view on one Cluster slot).
+
+Stream writers that merge into stored values go through
+:func:`~parity.registry.online.apply.apply_events`, which writes with plain commands
+(:meth:`OnlineWriter.apply_commands`) under the project's apply lock.
 """
 
 from __future__ import annotations
