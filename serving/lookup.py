@@ -345,7 +345,7 @@ class OnlineReader:
         merged = None
         if windows:
             plan = plan_for(layout, windows, now)
-            merged = merge_numeric(layout, plan, entries, exists, use_tail, n_life, now, wanted)
+            merged = merge_numeric(layout, plan, entries, exists_list, use_tail, n_life, now, wanted)
         complex_cache: dict[int, list] = {}
         latest_cache: list | None = None
         ages_entity = merged["age"] if merged else [None] * len(entries)
