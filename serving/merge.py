@@ -70,7 +70,7 @@ def present_records(layout: ViewLayout, entries, n_cols: int, tails: bool) -> tu
         if entry[0] != 1:
             continue
         base = u * row_bytes
-        present = entry[1]
+        present = entry[1] if n_cols else ()
         for i in range(0, len(present), 2):
             off = base + (present[i] - 1) * width
             buf[off:off + width] = present[i + 1]
@@ -209,15 +209,27 @@ def fold_open(layout: ViewLayout, ints, floats):
     return fold_columns(layout, ints, floats, np.ones((1, ints.shape[1]), dtype=bool))
 
 
-def merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail: int, n_life: int, now: int,
-                  wanted) -> dict:
-    """Window values of every wanted numeric feature for every entity, plus entity ages."""
+def fold_complete(layout: ViewLayout, plan: ReadPlan, entries, use_tail: int, n_life: int, now: int):
+    """For fully read entries: ``(ints, floats)`` of each window's folded complete part
+    ``(E, W, ·)``, and ``(ints, floats)`` of the open tile's record column ``(E, 0 or 1, ·)``."""
     open_cols, n_cols = reply_columns(plan, use_tail, n_life, now)
-    ints, floats = present_records(layout, entries, n_cols, tails=True)
+    ints, floats = present_records(layout, entries, n_cols, tails=False)
     (ci, cf), (oi, of) = split_columns(ints, floats, len(plan.fields), open_cols, n_cols)
     ci, cf = fold_columns(layout, ci, cf, complete_masks(plan, n_life))
-    oi, of = fold_open(layout, oi, of)
-    fi, ff = fold_pair(layout, ci, cf, oi, of)
+    return (ci, cf), (oi, of)
+
+
+def finish_numeric(layout: ViewLayout, plan: ReadPlan, complete, open_records, entries, exists, now: int,
+                   wanted) -> dict:
+    """Window values of every wanted numeric feature for every entity, plus entity ages:
+    the complete parts ``(E, W, ·)`` folded with the open part (the open tile's record
+    columns and the tail events of ``entries``)."""
+    ti, tf = present_records(layout, entries, 0, tails=True)
+    oi, of = open_records
+    if oi.shape[1]:
+        ti, tf = np.concatenate([oi, ti], axis=1), np.concatenate([of, tf], axis=1)
+    oi, of = fold_open(layout, ti, tf)
+    fi, ff = fold_pair(layout, complete[0], complete[1], oi, of)
     return window_values(layout, window_positions(plan), fi, ff, exists, now, wanted)
 
 
