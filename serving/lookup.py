@@ -89,14 +89,17 @@ class OnlineReader:
     """Answers lookups for one project from one Redis. ``clock()`` returns microseconds."""
 
     def __init__(self, client, project: str, defs: Definitions, clock: Callable[[], int] = wall_clock_us,
-                 max_entities: int = 2000, cache_bytes: int = 256 << 20):
+                 max_entities: int = 2000, cache_bytes: int = 256 << 20, cache_min_entities: int = 8):
         """``cache_bytes``: memory for the complete parts of windows kept between lookups
-        (:mod:`parity.serving.tile_cache`); 0 reads every tile on every lookup."""
+        (:mod:`parity.serving.tile_cache`); 0 reads every tile on every lookup. Only views
+        looked up for at least ``cache_min_entities`` distinct entities use it (for one
+        entity, reading its tiles costs less than the cache's extra round trip)."""
         self.client = client
         self.project = project
         self.defs = defs
         self.clock = clock
         self.max_entities = max_entities
+        self.cache_min_entities = cache_min_entities
         self._read = client.register_script(READ_SCRIPT)
         self._slow = client.register_script(SLOW_SCRIPT)
         self._scripts_loaded = False
@@ -271,7 +274,7 @@ class OnlineReader:
 
     def _split(self, layout: ViewLayout, items, unique: list[bytes], now: int) -> Split | None:
         """The cache's hits among a view's entities (None: this view's lookup is not cached)."""
-        if self.cache is None:
+        if self.cache is None or len(unique) < self.cache_min_entities:
             return None
         windows, want_complex = self._shape(layout, items)[:2]
         if not windows or want_complex:

@@ -83,6 +83,25 @@ def present_records(layout: ViewLayout, entries, n_cols: int, tails: bool) -> tu
     return records["i"], records["f"]
 
 
+def tail_records(layout: ViewLayout, entries) -> tuple[np.ndarray, np.ndarray]:
+    """``(ints, floats)`` ``(E, longest tail, ·)`` of the entries' tail events (zero-padded);
+    only the entries that have a tail are visited."""
+    with_tail = [u for u, e in enumerate(entries) if e[0] == 1 and e[2]]
+    if not with_tail:
+        return np.zeros((len(entries), 0, layout.n_int), np.int64), np.zeros((len(entries), 0, layout.n_float))
+    width = layout.width
+    t_max = max(len(entries[u][2]) for u in with_tail)
+    buf = bytearray(len(entries) * t_max * width)
+    head, end = ORDER.size, ORDER.size + width
+    for u in with_tail:
+        off = u * t_max * width
+        for member in entries[u][2]:
+            buf[off:off + width] = member[head:end]
+            off += width
+    records = np.frombuffer(buf, dtype=record_dtype(layout)).reshape(len(entries), t_max)
+    return records["i"], records["f"]
+
+
 def fold_columns(layout: ViewLayout, ints: np.ndarray, floats: np.ndarray, masks: np.ndarray):
     """Fold each window's columns: ``ints (E, C, n_int)``, ``floats (E, C, n_float)`` and
     ``masks (W, C)`` (bool) give the merged records ``(E, W, n_int)``, ``(E, W, n_float)``."""
@@ -224,7 +243,7 @@ def finish_numeric(layout: ViewLayout, plan: ReadPlan, complete, open_records, e
     """Window values of every wanted numeric feature for every entity, plus entity ages:
     the complete parts ``(E, W, ·)`` folded with the open part (the open tile's record
     columns and the tail events of ``entries``)."""
-    ti, tf = present_records(layout, entries, 0, tails=True)
+    ti, tf = tail_records(layout, entries)
     oi, of = open_records
     if oi.shape[1]:
         ti, tf = np.concatenate([oi, ti], axis=1), np.concatenate([of, tf], axis=1)

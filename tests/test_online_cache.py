@@ -39,7 +39,7 @@ CACHED = ["u:n_10m", "u:amount_a_1h", "u:score_sum_1h", "u:score_mean_24h", "u:a
 def shared_reader(redis_server):
     """One reader for every example of the module: flushes between examples must not leak."""
     client = redis_client(redis_server.url)
-    reader = OnlineReader(client, "t", DEFS, clock=lambda: 0)
+    reader = OnlineReader(client, "t", DEFS, clock=lambda: 0, cache_min_entities=1)
     yield reader
     reader.close()
     client.close()
@@ -130,7 +130,7 @@ def test_late_and_open_tile_events_invalidate_what_is_kept(redis):
     rows = [ev(1, -30, severity=2), ev(1, 1, severity=1)]
     write(redis, rows, watermark=T0 + timedelta(minutes=7))
     now = T0 + timedelta(minutes=7)
-    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now))
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
     assert _count(reader, 1, now) == (1, 2, "ok")
     hits = reader.cache.stats.hits
     assert _count(reader, 1, now) == (1, 2, "ok")
@@ -146,7 +146,7 @@ def test_late_and_open_tile_events_invalidate_what_is_kept(redis):
 
 def test_a_created_entity_is_not_kept_absent(redis):
     now = T0 + timedelta(minutes=7)
-    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now))
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
     write(redis, [ev(1, 1)], watermark=now)
     assert _count(reader, 2, now) == (0, None, "missing")
     assert _count(reader, 2, now) == (0, None, "missing")  # known absent: nothing read
@@ -156,7 +156,7 @@ def test_a_created_entity_is_not_kept_absent(redis):
 
 def test_a_stale_watermark_shows_through_kept_parts(redis):
     write(redis, [ev(1, 1)], watermark=T0 + timedelta(minutes=5))
-    reader = OnlineReader(redis, "s", SDEFS)
+    reader = OnlineReader(redis, "s", SDEFS, cache_min_entities=1)
     assert _count(reader, 1, T0 + timedelta(minutes=5, seconds=30))[2] == "ok"
     # same open tile (kept parts are used), but the ingestion lag now exceeds the 1 min SLO
     assert _count(reader, 1, T0 + timedelta(minutes=6, seconds=30)) == (1, 1, "stale")
@@ -166,7 +166,7 @@ def test_a_stale_watermark_shows_through_kept_parts(redis):
 def test_an_expired_hash_is_missing_even_before_redis_reclaims_it(redis):
     now = T0 + timedelta(minutes=7)
     write(redis, [ev(1, 1, severity=3)], watermark=now)
-    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now))
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
     key = entity_key(view_prefix("s", "safety", 1), b"i1;")
     redis.pexpire(key, 400)  # as if its retention ended now
     assert _count(reader, 1, now) == (1, 3, "ok")
@@ -184,7 +184,7 @@ def test_an_expired_hash_is_missing_even_before_redis_reclaims_it(redis):
 
 def test_a_flushed_and_rewritten_store_is_read_again(redis):
     now = T0 + timedelta(minutes=7)
-    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now))
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
     write(redis, [ev(1, 1, severity=3)], watermark=now)
     assert _count(reader, 1, now) == (1, 3, "ok")
     assert _count(reader, 1, now) == (1, 3, "ok")
@@ -195,7 +195,7 @@ def test_a_flushed_and_rewritten_store_is_read_again(redis):
 
 def test_a_lost_tracking_connection_drops_what_is_kept(redis):
     now = T0 + timedelta(minutes=7)
-    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now))
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
     write(redis, [ev(1, 1, severity=3)], watermark=now)
     assert _count(reader, 1, now) == (1, 3, "ok")
     tracker = reader.cache.tracker
