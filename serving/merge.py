@@ -14,6 +14,8 @@ value. An all-zero record is the identity, so absent tiles cost nothing.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from parity.registry.online.layout import MAX_TS, ROWS, ViewLayout
@@ -161,35 +163,49 @@ def _extreme_pair(out_v, out_i, va, vb, pa, pb, value, present, is_min) -> None:
     out_i[..., present] = found
 
 
-def window_values(layout: ViewLayout, window_index: dict, ints: np.ndarray, floats: np.ndarray, exists,
-                  now: int, wanted) -> dict:
-    """Values of the wanted numeric features from the merged records ``(E, W, ·)`` of each
-    window, and each entity's age (its newest event in any of the windows)."""
-    values: dict[str, list] = {}
+@lru_cache(maxsize=1024)
+def _extractors(layout: ViewLayout, windows: tuple, wanted: frozenset) -> tuple:
+    """Per wanted numeric feature: (name, kind, window position, int slots, float slots, is bool)."""
+    index = {window: w for w, window in enumerate(windows)}
+    out = []
     for slot in layout.numeric:
         if slot.feature.name not in wanted:
             continue
-        w = window_index[layout.windows[slot.feature.name]]
-        si, sf = ints[:, w, :], floats[:, w, :]
         if slot.agg == "count" or (slot.agg == "sum" and slot.int_slots):
-            values[slot.feature.name] = si[:, slot.int_slots[0]].tolist()
-        elif slot.agg == "sum":
-            values[slot.feature.name] = sf[:, slot.float_slots[0]].tolist()
-        elif slot.agg == "mean":
-            count = si[:, slot.int_slots[0]]
-            sums = sf[:, slot.float_slots[0]]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean = sums / np.where(count == 0, 1, count)
-            values[slot.feature.name] = [m if c else None for m, c in zip(mean.tolist(), count.tolist())]
+            kind = "int"
+        elif slot.agg in ("sum", "mean"):
+            kind = "float" if slot.agg == "sum" else "mean"
         else:
-            if slot.float_slots:
-                found, best = si[:, slot.int_slots[0]], sf[:, slot.float_slots[0]]
+            kind = "float_extreme" if slot.float_slots else "int_extreme"
+        out.append((slot.feature.name, kind, index[layout.windows[slot.feature.name]], slot.int_slots,
+                    slot.float_slots, slot.column_dtype == "bool"))
+    return tuple(out)
+
+
+def window_values(layout: ViewLayout, windows: tuple, ints: np.ndarray, floats: np.ndarray, exists,
+                  now: int, wanted: frozenset) -> dict:
+    """Values of the wanted numeric features from the merged records ``(E, W, ·)`` of each
+    window, and each entity's age (its newest event in any of the windows)."""
+    values: dict[str, list] = {}
+    columns: dict[int, tuple[list, list]] = {}  # per window: its slots as Python lists
+    for name, kind, w, int_slots, float_slots, is_bool in _extractors(layout, windows, wanted):
+        found = columns.get(w)
+        if found is None:
+            found = columns[w] = (ints[:, w, :].T.tolist(), floats[:, w, :].T.tolist())
+        si, sf = found
+        if kind == "int":
+            values[name] = si[int_slots[0]]
+        elif kind == "float":
+            values[name] = sf[float_slots[0]]
+        elif kind == "mean":
+            values[name] = [t / c if c else None for t, c in zip(sf[float_slots[0]], si[int_slots[0]])]
+        else:
+            if kind == "float_extreme":
+                present, best = si[int_slots[0]], sf[float_slots[0]]
             else:
-                found, best = si[:, slot.int_slots[1]], si[:, slot.int_slots[0]]
-            out = [b if p else None for b, p in zip(best.tolist(), found.tolist())]
-            if slot.column_dtype == "bool":
-                out = [None if v is None else bool(v) for v in out]
-            values[slot.feature.name] = out
+                present, best = si[int_slots[1]], si[int_slots[0]]
+            out = [b if p else None for b, p in zip(best, present)]
+            values[name] = [None if v is None else bool(v) for v in out] if is_bool else out
     if ints.shape[1]:
         newest = np.where(ints[:, :, ROWS] > 0, ints[:, :, MAX_TS], LOWEST).max(axis=1)
     else:
@@ -249,8 +265,4 @@ def finish_numeric(layout: ViewLayout, plan: ReadPlan, complete, open_records, e
         ti, tf = np.concatenate([oi, ti], axis=1), np.concatenate([of, tf], axis=1)
     oi, of = fold_open(layout, ti, tf)
     fi, ff = fold_pair(layout, complete[0], complete[1], oi, of)
-    return window_values(layout, window_positions(plan), fi, ff, exists, now, wanted)
-
-
-def window_positions(plan: ReadPlan) -> dict:
-    return {window: w for w, window in enumerate(plan.windows)}
+    return window_values(layout, plan.windows, fi, ff, exists, now, wanted)
