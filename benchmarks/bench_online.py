@@ -719,6 +719,7 @@ def measure_parity_inprocess(reader, client, shape: str, requests: list, args, p
     client.config_resetstat()
     out_bytes = client.info("stats")["total_net_output_bytes"]
     gc0 = _gc_collections()
+    cache0 = dict(vars(reader.cache.stats)) if reader.cache is not None else None
     with CpuWatch(pids) as cpu:
         samples = time_calls(call, requests, args.inproc_seconds, warmup=0)
     gc_delta = _gc_delta(gc0)
@@ -732,6 +733,8 @@ def measure_parity_inprocess(reader, client, shape: str, requests: list, args, p
         for name, c in commands.items() if c["calls"] and name not in ("info", "config|resetstat")}
     stats["gc_collections"] = gc_delta
     stats["cpu"] = cpu.report
+    if cache0 is not None:
+        stats["tile_cache"] = {k: v - cache0[k] for k, v in vars(reader.cache.stats).items()}
     sample = reader.get_online_features(requests[0], service=SERVICES[shape])
     stats["entity_rows"], stats["features"] = sample.rows, len(sample.names)
     stats["statuses"] = {st: sum(col.count(st) for col in sample.status.values())
@@ -846,6 +849,24 @@ def http_request(port: int, body: dict, auth: bool) -> bytes:
             f"Content-Length: {len(payload)}\r\n" + (f"Authorization: Bearer {AUTH_TOKEN}\r\n" if auth else "")
             + "\r\n").encode()
     return head + payload
+
+
+def server_cache_counters(port: int, auth: bool) -> dict[str, float]:
+    """The server's ``parity_tile_cache_*`` counters from ``/metrics`` (cumulative)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {AUTH_TOKEN}"} if auth else {})
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("parity_tile_cache_") and "_total " in line:
+            name, value = line.split()
+            out[name.removeprefix("parity_tile_cache_").removesuffix("_total")] = float(value)
+    return out
 
 
 def parse_response(buf: bytearray) -> tuple[int, bytes, int] | None:
@@ -1270,9 +1291,16 @@ def summary_table(r: dict[str, Any]) -> str:
         if fe:
             L.append(f"{shape:<9} {'Feast in process (get_online_features)':<44} {fe['p50_ms']:>9.3f} "
                      f"{fe['p99_ms']:>9.3f} {'':>9} {fe['calls']:>8,} {fe['rps']:>8,.0f}")
+        if shape == "ranking" and r.get("inprocess", {}).get("ranking_uncached"):
+            ip = r["inprocess"]["ranking_uncached"]
+            L.append(f"{shape:<9} {'Parity in process, serving cache off':<44} {ip['p50_ms']:>9.3f} "
+                     f"{ip['p99_ms']:>9.3f} {ip['p999_ms']:>9.3f} {ip['count']:>8,} {ip['rps']:>8,.0f}")
         ratio = r.get("feast_ratio_p99", {}).get(shape)
         if ratio is not None:
             L.append(f"{shape:<9} {'Feast p99 / Parity p99 (in process)':<44} {ratio:>9.2f}x")
+        off = r.get("feast_ratio_p99", {}).get("ranking_cache_off") if shape == "ranking" else None
+        if off is not None:
+            L.append(f"{shape:<9} {'  ... with the serving cache off':<44} {off:>9.2f}x")
     hs = r.get("http", {}).get("single")
     if hs and "latency_from_scheduled" in hs:
         s, a2, lat = hs["latency_from_scheduled"], hs["latency_from_sent"], hs["sender_lateness"]
@@ -1309,19 +1337,22 @@ def summary_table(r: dict[str, Any]) -> str:
                      f"{hr['requests']:>8,} {hr['throughput_rps']:>8,.1f}")
             if hr["errors"]:
                 L.append(f"{'ranking':<9} errors {hr['errors']} {hr['error_kinds']}")
+            if hr.get("tile_cache_after"):
+                L.append(f"{'ranking':<9}   server cache counters after the phase (cumulative): {hr['tile_cache_after']}")
     ping = r.get("redis_ping_round_trip")
     if ping:
         L.append(f"\nRedis: PING round trip p50 {ping['p50_ms']:.3f} ms, p99 {ping['p99_ms']:.3f} ms (same client)")
-    for shape in ("single", "ranking"):
+    for shape in ("single", "ranking", "ranking_uncached"):
         ip = r.get("inprocess", {}).get(shape)
         if ip and "redis_commands_per_lookup" in ip:
             cmds = ip["redis_commands_per_lookup"]
             ev = cmds.get("evalsha", {})
             L.append(f"  {shape}: per lookup {ev.get('calls_per_lookup')} EVALSHA x {ev.get('usec_per_call')} us "
                      f"in Redis, {cmds.get('script|exists', {}).get('calls_per_lookup', 0)} SCRIPT EXISTS, "
-                     f"{ip['redis_reply_bytes_per_lookup']:,} reply bytes")
+                     f"{ip['redis_reply_bytes_per_lookup']:,} reply bytes"
+                     + (f"; serving cache {ip['tile_cache']}" if ip.get("tile_cache") else ""))
     cpu_lines = []
-    phases = [("inprocess", "single"), ("inprocess", "ranking")] + [("http", k) for k in r.get("http", {})
+    phases = [("inprocess", "single"), ("inprocess", "ranking"), ("inprocess", "ranking_uncached")] + [("http", k) for k in r.get("http", {})
                                                                      if k not in ("server", "load_generator")]
     for key, phase in phases:
         block = r.get(key, {}).get(phase)
@@ -1342,7 +1373,7 @@ def summary_table(r: dict[str, Any]) -> str:
 # -- main -------------------------------------------------------------------------------------
 
 QUICK = {"events": 20_000, "users": 2_000, "videos": 1_000, "seconds": 3.0, "inproc_seconds": 1.5,
-         "ranking_seconds": 2.0, "warmup_seconds": 0.5, "warmup_calls": 5, "rate": 500.0, "ahead_minutes": 20.0,
+         "ranking_requests": 50, "ranking_seconds": 2.0, "warmup_seconds": 0.5, "warmup_calls": 5, "rate": 500.0, "ahead_minutes": 20.0,
          "extra_rates": [100.0], "capacity_concurrency": 4}
 
 
@@ -1388,6 +1419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity-concurrency", type=int, default=8,
                    help="HTTP single: a closed loop at this many connections for --ranking-seconds, whose "
                         "throughput is the server's capacity (0: skip) (default: 8)")
+    p.add_argument("--ranking-requests", type=int, default=1000,
+                   help="distinct ranking requests drawn (1 user + 500 videos each), cycled through (default: "
+                        "1000); more of them make the serving cache's working set larger")
     p.add_argument("--ranking-concurrency", type=int, default=4,
                    help="HTTP ranking: closed-loop connections the target is judged at (default: 4); "
                         "concurrency 1 is measured too")
@@ -1497,8 +1531,8 @@ def main(argv: Sequence[str] | None = None, on_populated: Callable[[dict[str, An
             raise SystemExit("verification failed: " + json.dumps(ver["examples"] + ver["tiles"]["examples"],
                                                                    default=str)[:3000])
 
-        requests = {shape: draw_requests(events, args.videos, 2000 if shape == "single" else 200, args.seed, shape)
-                    for shape in ("single", "ranking")}
+        requests = {shape: draw_requests(events, args.videos, 2000 if shape == "single" else args.ranking_requests,
+                                         args.seed, shape) for shape in ("single", "ranking")}
 
         # -- in process: Parity first (before Feast is imported: a Parity serving process does not
         # carry Feast's heap, which every full garbage collection would walk), then Feast ----------
@@ -1508,7 +1542,14 @@ def main(argv: Sequence[str] | None = None, on_populated: Callable[[dict[str, An
             _log(f"in process, {shape}: Parity for {args.inproc_seconds:g} s")
             results["inprocess"][shape] = measure_parity_inprocess(reader, client, shape, requests[shape], args, pids)
             stats = results["inprocess"][shape]
-            _log(f"  p50 {stats['p50_ms']:.3f} ms, p99 {stats['p99_ms']:.3f} ms over {stats['count']:,} calls")
+            _log(f"  p50 {stats['p50_ms']:.3f} ms, p99 {stats['p99_ms']:.3f} ms over {stats['count']:,} calls"
+                 + (f"; cache {stats['tile_cache']}" if stats.get("tile_cache") else ""))
+        _log(f"in process, ranking: Parity without its serving cache for {args.inproc_seconds:g} s")
+        uncached = OnlineReader(client, PROJECT, defs, cache_bytes=0)
+        results["inprocess"]["ranking_uncached"] = measure_parity_inprocess(uncached, client, "ranking",
+                                                                            requests["ranking"], args, pids)
+        stats = results["inprocess"]["ranking_uncached"]
+        _log(f"  p50 {stats['p50_ms']:.3f} ms, p99 {stats['p99_ms']:.3f} ms over {stats['count']:,} calls")
         if args.profile:
             results["profile"] = {}
             for shape in ("single", "ranking"):
@@ -1538,6 +1579,9 @@ def main(argv: Sequence[str] | None = None, on_populated: Callable[[dict[str, An
                 results["feast"][shape] = fe
                 ratio = round(fe["p99_ms"] / results["inprocess"][shape]["p99_ms"], 2)
                 results["feast_ratio_p99"][shape] = ratio
+                if shape == "ranking":
+                    results["feast_ratio_p99"]["ranking_cache_off"] = round(
+                        fe["p99_ms"] / results["inprocess"]["ranking_uncached"]["p99_ms"], 2)
                 _log(f"  p50 {fe['p50_ms']:.3f} ms, p99 {fe['p99_ms']:.3f} ms; Feast p99 / Parity p99 = {ratio:.2f}x")
 
         # -- HTTP ---------------------------------------------------------------------------------
@@ -1563,6 +1607,7 @@ def main(argv: Sequence[str] | None = None, on_populated: Callable[[dict[str, An
                 server.port, bodies["single"], response_checker(counts["single"], 1), connections=args.connections,
                 warmup_seconds=args.warmup_seconds, pids=hpids, rate=args.rate, seconds=args.seconds)
             hs = results["http"]["single"]
+            hs["tile_cache_after"] = server_cache_counters(server.port, auth)
             if "latency_from_scheduled" in hs:
                 _log(f"  p50 {hs['latency_from_scheduled']['p50_ms']:.3f} ms, p99 "
                      f"{hs['latency_from_scheduled']['p99_ms']:.3f} ms, {hs['throughput_rps']} req/s, "
@@ -1597,6 +1642,7 @@ def main(argv: Sequence[str] | None = None, on_populated: Callable[[dict[str, An
                     connections=concurrency, warmup_seconds=min(args.warmup_seconds, 3.0), pids=hpids,
                     seconds=args.ranking_seconds, concurrency=concurrency)
                 hr = results["http"][key]
+                hr["tile_cache_after"] = server_cache_counters(server.port, auth)
                 if "latency" in hr:
                     _log(f"  p50 {hr['latency']['p50_ms']:.3f} ms, p99 {hr['latency']['p99_ms']:.3f} ms, "
                          f"{hr['throughput_rps']} req/s, errors {hr['errors']}")

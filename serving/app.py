@@ -158,6 +158,14 @@ class _Metrics:
         stats = self.reader.stats
         yield CounterMetricFamily("parity_redis_round_trips", "Redis round trips of lookups", stats.round_trips)
         yield CounterMetricFamily("parity_lookup_entities", "Entity rows looked up", stats.entities)
+        cache = self.reader.cache
+        if cache is not None:
+            kept = cache.stats
+            yield CounterMetricFamily("parity_tile_cache_hits", "Entities whose complete window parts were kept "
+                                      "(only their open tile read)", kept.hits)
+            yield CounterMetricFamily("parity_tile_cache_misses", "Entities of cached views read in full", kept.misses)
+            yield CounterMetricFamily("parity_tile_cache_rereads", "Kept entities found changed after the read, "
+                                      "read again", kept.reread)
         if self.feature_logger is not None:
             logged = self.feature_logger.stats
             yield CounterMetricFamily("parity_feature_log_dropped", "Sampled responses dropped (queue full)",

@@ -32,69 +32,18 @@ import numpy as np
 from parity.errors import ParityError
 from parity.registry.durations import floor_to, from_micros, parse_duration
 from parity.registry.models import Definitions, FeatureView
-from parity.registry.online.keys import complex_field, encode_entity, entity_key, meta_key, tail_key, view_prefix
+from parity.registry.online.keys import (
+    complex_field, encode_entity, encode_ints, entity_key, meta_key, tail_key, view_prefix,
+)
 from parity.registry.online.layout import ViewLayout
 from parity.registry.online.writer import OnlineStoreUnavailable, wall_clock_us
 from parity.registry.partials import finalize, merge
 from parity.registry.resolve import ResolvedFeature, UnknownFeatureError, resolve
 from parity.registry.semantics import empty_value, ingestion_lag_exceeds, latest_is_live, output_dtype
-from parity.serving.merge import decode_complex_columns, last_before, merge_numeric, tail_latest
-from parity.serving.read_plan import latest_cover, plan_for
+from parity.serving.merge import decode_complex_columns, finish_numeric, fold_complete, last_before, tail_latest
+from parity.serving.read_plan import READ_SCRIPT, SLOW_SCRIPT, latest_cover, plan_for
 from parity.serving.result import FeatureColumns
-
-READ_SCRIPT = r"""
-local prefix = ARGV[1]
-local nf = tonumber(ARGV[2])
-local fields = {}
-for j = 1, nf do fields[j] = ARGV[2 + j] end
-local i = 3 + nf
-local open_field, tail_lo, tail_hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-local life_res, life_end = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-local want_complex, want_latest = ARGV[i + 5] == '1', ARGV[i + 6] == '1'
-local meta = redis.call('HMGET', KEYS[1], 'watermark', 'tail_from', 'min_ts')
-local use_tail = 0
-if open_field ~= '' and (not meta[2] or tonumber(tail_lo) >= tonumber(meta[2])) then use_tail = 1 end
-local read = {}
-for j = 1, nf do read[j] = fields[j] end
-if open_field ~= '' and use_tail == 0 then read[#read + 1] = open_field end
-local n_life = 0
-if life_res > 0 and meta[3] then
-  local first = math.floor(tonumber(meta[3]) / (life_res * 1000000))
-  for idx = first, life_end - 1 do read[#read + 1] = life_res .. ':' .. idx; n_life = n_life + 1 end
-end
-local cx = {}
-if want_complex then for j = 1, #read do cx[j] = read[j] .. 'x' end end
-local out = {{meta[1] or false, meta[2] or false, use_tail, n_life}}
-for k = 2, #KEYS do
-  local h = KEYS[k]
-  local entry = {redis.call('EXISTS', h)}
-  if entry[1] == 1 then
-    local present = {}
-    if #read > 0 then
-      local vals = redis.call('HMGET', h, unpack(read))
-      for j = 1, #read do
-        if vals[j] then present[#present + 1] = j; present[#present + 1] = vals[j] end
-      end
-    end
-    entry[2] = present
-    if use_tail == 1 then
-      entry[3] = redis.call('ZRANGEBYSCORE', prefix .. 't:' .. string.sub(h, #prefix + 3), tail_lo, tail_hi)
-    else
-      entry[3] = {}
-    end
-    if want_complex and #cx > 0 then entry[4] = redis.call('HMGET', h, unpack(cx)) else entry[4] = {} end
-    if want_latest then entry[5] = redis.call('HGET', h, 'L') or false else entry[5] = false end
-  end
-  out[#out + 1] = entry
-end
-return out
-"""
-
-SLOW_SCRIPT = r"""
-local out = {}
-for k = 1, #KEYS do out[k] = redis.call('HMGET', KEYS[k], unpack(ARGV)) end
-return out
-"""
+from parity.serving.tile_cache import Split, TileCache
 
 STATUSES = ("ok", "missing", "expired", "stale")
 
@@ -140,12 +89,17 @@ class OnlineReader:
     """Answers lookups for one project from one Redis. ``clock()`` returns microseconds."""
 
     def __init__(self, client, project: str, defs: Definitions, clock: Callable[[], int] = wall_clock_us,
-                 max_entities: int = 2000):
+                 max_entities: int = 2000, cache_bytes: int = 256 << 20, cache_min_entities: int = 8):
+        """``cache_bytes``: memory for the complete parts of windows kept between lookups
+        (:mod:`parity.serving.tile_cache`); 0 reads every tile on every lookup. Only views
+        looked up for at least ``cache_min_entities`` distinct entities use it (for one
+        entity, reading its tiles costs less than the cache's extra round trip)."""
         self.client = client
         self.project = project
         self.defs = defs
         self.clock = clock
         self.max_entities = max_entities
+        self.cache_min_entities = cache_min_entities
         self._read = client.register_script(READ_SCRIPT)
         self._slow = client.register_script(SLOW_SCRIPT)
         self._scripts_loaded = False
@@ -154,6 +108,14 @@ class OnlineReader:
         self._layouts: dict[tuple[str, int], ViewLayout] = {}
         self._resolved: dict[Any, list[ResolvedFeature]] = {}
         self.stats = Stats()
+        self.cache = TileCache(client, [entity_key(view_prefix(project, v.name, v.version), b"")
+                                        for v in defs.feature_views if v.online],
+                               max_bytes=cache_bytes) if cache_bytes > 0 else None
+
+    def close(self) -> None:
+        """Close the cache's tracking connection (the Redis client is the caller's)."""
+        if self.cache is not None:
+            self.cache.close()
 
     # -- public -----------------------------------------------------------------------
     def resolve(self, service: str | None = None, features: Sequence[str] | None = None) -> list[ResolvedFeature]:
@@ -192,7 +154,10 @@ class OnlineReader:
                 span = rows
             encoded_rows = []
             unique: dict[bytes, int] = {}
-            for r in range(span):
+            fast = None
+            if len(keys) == 1 and layout.join_keys[keys[0]] in ("int32", "int64"):
+                fast = encode_ints(layout.join_keys[keys[0]], columns[0][:span])
+            for r in (() if fast is not None else range(span)):
                 try:
                     code = encode_entity(layout.join_keys, [c[r] for c in columns])
                 except BadRequest:
@@ -200,12 +165,16 @@ class OnlineReader:
                 except ParityError as exc:
                     raise BadRequest(f"{exc} (row {r})", hint=exc.hint) from None
                 encoded_rows.append(unique.setdefault(code, len(unique)))
+            if fast is not None:
+                encoded_rows = [unique.setdefault(code, len(unique)) for code in fast]
             if span == 1 and rows > 1:
                 encoded_rows = encoded_rows * rows
             work.append((view, layout, items, list(unique), encoded_rows))
-        replies = self._fetch(work, now)
-        for (view, layout, items, unique, encoded_rows), reply in zip(work, replies):
-            self._answer(view, layout, items, unique, encoded_rows, reply, now, result)
+        splits = [self._split(layout, items, unique, now) for (_v, layout, items, unique, _r) in work]
+        replies = self._fetch(work, now, splits)
+        for (view, layout, items, unique, encoded_rows), (reply, part) in zip(
+                work, self._complete_parts(work, splits, replies, now)):
+            self._answer(view, layout, items, unique, encoded_rows, reply, part, now, result)
         self.stats.requests += 1
         self.stats.entities += rows
         return result
@@ -264,9 +233,10 @@ class OnlineReader:
         return self._layouts[key]
 
     # -- reading ------------------------------------------------------------------------
-    def _fetch(self, work, now: int) -> list:
+    def _fetch(self, work, now: int, splits: Sequence[Split | None]) -> list:
         """One pipelined round trip: an EVALSHA of the read script per view (the script is
-        loaded once; redis-py's Script objects would add a SCRIPT EXISTS round trip)."""
+        loaded once; redis-py's Script objects would add a SCRIPT EXISTS round trip).
+        Entities whose complete part the cache keeps (``splits``) have only their tail read."""
         import redis
 
         def run():
@@ -275,17 +245,25 @@ class OnlineReader:
                 self.client.script_load(SLOW_SCRIPT)
                 self._scripts_loaded = True
             pipe = self.client.pipeline(transaction=False)
-            for view, layout, items, unique, _rows in work:
+            for (view, layout, items, unique, _rows), split in zip(work, splits):
                 prefix = view_prefix(self.project, view.name, view.version)
                 keys = [meta_key(prefix)] + [entity_key(prefix, code) for code in unique]
-                pipe.evalsha(self._read.sha, len(keys), *keys, *self._read_args(layout, items, prefix, now))
+                modes = b""
+                if split is not None:
+                    marks = bytearray(b"1" * len(unique))
+                    for u in split.hits:
+                        marks[u] = 48  # '0': kept
+                    for u in split.absent:
+                        marks[u] = 50  # '2': known absent
+                    modes = bytes(marks)
+                pipe.evalsha(self._read.sha, len(keys), *keys, *self._read_args(layout, items, prefix, now), modes)
             return pipe.execute()
 
         try:
             try:
                 replies = run()
             except redis.exceptions.NoScriptError:  # the server restarted or was flushed of scripts
-                self._scripts_loaded = False
+                self._scripts_loaded = False  # (a restart also drops the cache's tracking connection)
                 replies = run()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._scripts_loaded = False
@@ -293,6 +271,67 @@ class OnlineReader:
                                          hint="check online_store.connection_string") from None
         self.stats.round_trips += 1
         return replies
+
+    def _split(self, layout: ViewLayout, items, unique: list[bytes], now: int) -> Split | None:
+        """The cache's hits among a view's entities (None: this view's lookup is not cached)."""
+        if self.cache is None or len(unique) < self.cache_min_entities:
+            return None
+        windows, want_complex = self._shape(layout, items)[:2]
+        if not windows or want_complex:
+            return None
+        plan = plan_for(layout, windows, now)
+        if plan.lifetime_res is not None:
+            return None
+        view = layout.view
+        prefix = entity_key(view_prefix(self.project, view.name, view.version), b"")
+        return self.cache.split(layout, prefix, windows, plan.open_start, unique)
+
+    def _complete_parts(self, work, splits, replies, now: int) -> list:
+        """Per view ``(reply, parts)``: the complete parts of its windows for every entity
+        (kept ones from the cache, the others folded from the reply and offered to the
+        cache), and its open tile's record columns. A view with a kept entity that changed
+        meanwhile is read again in full (a second round trip)."""
+        out: list = []
+        redo = []
+        synced = self.cache.sync() if any(splits) else False
+        for n, ((view, layout, items, unique, _rows), split, reply) in enumerate(zip(work, splits, replies)):
+            windows = self._shape(layout, items)[0]
+            if not windows:
+                out.append((reply, None))
+                continue
+            plan = plan_for(layout, windows, now)
+            header, entries = reply[0], reply[1:]
+            use_tail, n_life = int(header[2]), int(header[3])
+            if split is not None and use_tail != 1:
+                split.hits = []  # the script read them in full
+            hits = split.hits if split is not None else []
+            hit_set = set(hits)
+            full = [u for u in range(len(entries)) if u not in hit_set] if hits else list(range(len(entries)))
+            (ci, cf), (oi, of) = fold_complete(layout, plan, [entries[u] for u in full] if hits else entries,
+                                               use_tail, n_life, now)
+            if split is not None:
+                kept = [i for i, u in enumerate(full) if entries[u][0] == 1]
+                prefix = entity_key(view_prefix(self.project, view.name, view.version), b"")
+                missing = [u for u in full if entries[u][0] != 1]
+                expires = [int(entries[full[i]][5]) for i in kept]
+                if self.cache.settle(split, synced, prefix, unique, [full[i] for i in kept], ci[kept], cf[kept],
+                                     expires, missing, int(header[4])):
+                    redo.append(n)
+                    out.append(None)
+                    continue
+            if hits:
+                ci, cf = _scatter(ci, full, split.hit_ints, hits), _scatter(cf, full, split.hit_floats, hits)
+                oi = np.zeros((len(entries),) + oi.shape[1:], oi.dtype)
+                of = np.zeros((len(entries),) + of.shape[1:], of.dtype)
+            out.append((reply, ((ci, cf), (oi, of))))
+        if redo:
+            again = self._fetch([work[n] for n in redo], now, [None] * len(redo))
+            for n, reply in zip(redo, again):
+                layout, items = work[n][1], work[n][2]
+                header = reply[0]
+                plan = plan_for(layout, self._shape(layout, items)[0], now)
+                out[n] = (reply, fold_complete(layout, plan, reply[1:], int(header[2]), int(header[3]), now))
+        return out
 
     def _shape(self, layout: ViewLayout, items: list[ResolvedFeature]) -> tuple:
         """(windows, want_complex, want_latest) of a view's requested features (cached)."""
@@ -334,7 +373,7 @@ class OnlineReader:
                 "1" if want_complex else "0", "1" if want_latest else "0"]
 
     # -- merging ------------------------------------------------------------------------
-    def _answer(self, view, layout, items, unique, encoded_rows, reply, now, result) -> None:
+    def _answer(self, view, layout, items, unique, encoded_rows, reply, part, now, result) -> None:
         header, entries = reply[0], reply[1:]
         watermark = int(header[0]) if header[0] else None
         use_tail, n_life = int(header[2]), int(header[3])
@@ -345,7 +384,7 @@ class OnlineReader:
         merged = None
         if windows:
             plan = plan_for(layout, windows, now)
-            merged = merge_numeric(layout, plan, entries, exists, use_tail, n_life, now, wanted)
+            merged = finish_numeric(layout, plan, part[0], part[1], entries, exists_list, now, wanted)
         complex_cache: dict[int, list] = {}
         latest_cache: list | None = None
         ages_entity = merged["age"] if merged else [None] * len(entries)
@@ -399,7 +438,13 @@ class OnlineReader:
                     if st in ("missing", "expired"):
                         values_u[u] = feature.default
                         defaulted_u[u] = True
-            if identity:
+            if len(values_u) == 1:  # one entity for every row (e.g. the user of a ranking request)
+                n = len(encoded_rows)
+                result.values[name] = values_u * n
+                result.status[name] = status_u * n
+                result.age_ms[name] = age_u * n
+                result.defaulted[name] = (defaulted_u if defaulted_u is not None else [False]) * n
+            elif identity:
                 result.values[name] = values_u
                 result.status[name] = status_u
                 result.age_ms[name] = age_u
@@ -481,3 +526,8 @@ def _complex(layout: ViewLayout, item: ResolvedFeature) -> bool:
     return item.feature.name in layout.complex_names
 
 
+def _scatter(fresh: np.ndarray, at: list[int], kept: np.ndarray, kept_at: list[int]) -> np.ndarray:
+    out = np.empty((len(at) + len(kept_at),) + fresh.shape[1:], fresh.dtype)
+    out[at] = fresh
+    out[kept_at] = kept
+    return out

@@ -2,16 +2,28 @@
 (numpy), complex partials and latest values per entity (the registry's partial merges).
 
 Columns of a view's reply, per entity: ``[cover tiles ..., open tile, lifetime prefix ...,
-tail events ...]`` (see :mod:`parity.serving.read_plan`).
+tail events ...]`` (see :mod:`parity.serving.read_plan`). Numeric records are folded in two
+parts: the **complete** part of each window (its cover's complete tiles and lifetime prefix;
+it only changes when a writer writes one of those tiles, so :mod:`parity.serving.tile_cache`
+may keep it) and the **open** part (the open tile's record or its tail events before
+``now``, shared by every window), then one into the other. Folding follows the record's
+slot rules (:class:`~parity.registry.online.layout.NumericFold`): counts, sums, ``rows``
+add; ``max_ts`` is the newest of the records with rows; min / max keep the best present
+value. An all-zero record is the identity, so absent tiles cost nothing.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
 from parity.registry.online.layout import MAX_TS, ROWS, ViewLayout
 from parity.registry.online.writer import ORDER
 from parity.serving.read_plan import ReadPlan
+
+LOWEST = int(np.iinfo(np.int64).min)
+HIGHEST = int(np.iinfo(np.int64).max)
 
 
 def tail_latest(layout: ViewLayout, member: bytes) -> list:
@@ -42,93 +54,215 @@ def decode_complex_columns(layout: ViewLayout, entry) -> dict:
     return {"tiles": tiles, "tail": tail}
 
 
-def _record_dtype(layout: ViewLayout) -> np.dtype:
+def record_dtype(layout: ViewLayout) -> np.dtype:
     return np.dtype([("i", "<i8", (layout.n_int,)), ("f", "<f8", (layout.n_float,))])
 
 
-def merge_numeric(layout: ViewLayout, plan: ReadPlan, entries, exists, use_tail: int, n_life: int, now: int,
-                   wanted: set[str]) -> dict:
-    """Window values of every numeric feature for every entity, plus entity ages."""
-    n_ent = len(entries)
-    n_fields = len(plan.fields)
+def present_records(layout: ViewLayout, entries, n_cols: int, tails: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(ints, floats)`` of shape ``(entities, columns, slots)``: each entry's present
+    ``(column, record)`` pairs placed at their column (the rest stay zero records), then,
+    with ``tails``, its tail events' records after ``n_cols`` columns."""
     width = layout.width
-    open_cols = 0 if use_tail or not plan.open_field or now == plan.open_start else 1
-    n_cols = n_fields + open_cols + n_life
-    tails = [e[2] if e[0] == 1 else [] for e in entries]
-    t_max = max((len(t) for t in tails), default=0)
-    dtype = _record_dtype(layout)
+    t_max = max((len(e[2]) for e in entries if e[0] == 1), default=0) if tails else 0
     total = n_cols + t_max
     row_bytes = total * width
-    # the reply lists only the tiles present: (column, record) pairs; absent ones stay zero
-    buf = bytearray(n_ent * row_bytes)
+    buf = bytearray(len(entries) * row_bytes)
     head, end = ORDER.size, ORDER.size + width
     for u, entry in enumerate(entries):
         if entry[0] != 1:
             continue
         base = u * row_bytes
-        present = entry[1]
+        present = entry[1] if n_cols else ()
         for i in range(0, len(present), 2):
             off = base + (present[i] - 1) * width
             buf[off:off + width] = present[i + 1]
-        off = base + n_cols * width
-        for member in tails[u]:
+        if tails:
+            off = base + n_cols * width
+            for member in entry[2]:
+                buf[off:off + width] = member[head:end]
+                off += width
+    records = np.frombuffer(buf, dtype=record_dtype(layout)).reshape(len(entries), total)
+    return records["i"], records["f"]
+
+
+def tail_records(layout: ViewLayout, entries) -> tuple[np.ndarray, np.ndarray]:
+    """``(ints, floats)`` ``(E, longest tail, ·)`` of the entries' tail events (zero-padded);
+    only the entries that have a tail are visited."""
+    with_tail = [u for u, e in enumerate(entries) if e[0] == 1 and e[2]]
+    if not with_tail:
+        return np.zeros((len(entries), 0, layout.n_int), np.int64), np.zeros((len(entries), 0, layout.n_float))
+    width = layout.width
+    t_max = max(len(entries[u][2]) for u in with_tail)
+    buf = bytearray(len(entries) * t_max * width)
+    head, end = ORDER.size, ORDER.size + width
+    for u in with_tail:
+        off = u * t_max * width
+        for member in entries[u][2]:
             buf[off:off + width] = member[head:end]
             off += width
-    records = np.frombuffer(buf, dtype=dtype).reshape(n_ent, total)
-    ints, floats = records["i"], records["f"]
-    masks = []
-    for w, base_mask in enumerate(plan.window_fields):
-        life = np.full(n_life, plan.window_lifetime[w], dtype=bool)
-        masks.append(np.concatenate([base_mask, np.ones(open_cols, dtype=bool), life, np.ones(t_max, dtype=bool)]))
-    values: dict[str, list] = {}
-    # every window's sums for every entity in two products: (W, C) @ (E, C, S) -> (E, W, S)
-    stacked = np.array(masks, dtype=np.int64).reshape(len(masks), total)
-    all_i = np.matmul(stacked, ints) if layout.n_int else np.zeros((n_ent, len(masks), 0), np.int64)
-    all_f = np.matmul(stacked.astype(np.float64), floats) if layout.n_float else \
-        np.zeros((n_ent, len(masks), 0), np.float64)
-    sums_i = [all_i[:, w, :] for w in range(len(masks))]
-    sums_f = [all_f[:, w, :] for w in range(len(masks))]
-    window_index = {window: w for w, window in enumerate(plan.windows)}
+    records = np.frombuffer(buf, dtype=record_dtype(layout)).reshape(len(entries), t_max)
+    return records["i"], records["f"]
+
+
+def fold_columns(layout: ViewLayout, ints: np.ndarray, floats: np.ndarray, masks: np.ndarray):
+    """Fold each window's columns: ``ints (E, C, n_int)``, ``floats (E, C, n_float)`` and
+    ``masks (W, C)`` (bool) give the merged records ``(E, W, n_int)``, ``(E, W, n_float)``."""
+    n_ent, n_cols = ints.shape[0], ints.shape[1]
+    n_win = masks.shape[0]
+    if n_cols == 0 or n_ent == 0:
+        return (np.zeros((n_ent, n_win, layout.n_int), np.int64), np.zeros((n_ent, n_win, layout.n_float), np.float64))
+    out_i = np.matmul(masks.astype(np.int64), ints)  # additive slots; the others are replaced below
+    out_f = np.matmul(masks.astype(np.float64), floats) if layout.n_float else \
+        np.zeros((n_ent, n_win, 0), np.float64)
+    inside = masks[None, :, :]
+    stamps = np.where(ints[:, :, ROWS] > 0, ints[:, :, MAX_TS], LOWEST)
+    newest = np.where(inside, stamps[:, None, :], LOWEST).max(axis=2)
+    out_i[:, :, MAX_TS] = np.where(out_i[:, :, ROWS] > 0, newest, 0)
+    fold = layout.fold
+    for value, present, is_min in fold.int_extremes:
+        _extreme_columns(out_i, out_i, ints[:, :, value], ints[:, :, present], inside, value, present, is_min,
+                         HIGHEST if is_min else LOWEST)
+    for value, present, is_min in fold.float_extremes:
+        _extreme_columns(out_f, out_i, floats[:, :, value], ints[:, :, present], inside, value, present, is_min,
+                         np.inf if is_min else -np.inf)
+    return out_i, out_f
+
+
+def _extreme_columns(out_v, out_i, values, flags, inside, value, present, is_min, fill) -> None:
+    seen = (flags != 0)[:, None, :] & inside
+    chosen = np.where(seen, values[:, None, :], fill)
+    best = chosen.min(axis=2) if is_min else chosen.max(axis=2)
+    found = seen.any(axis=2)
+    out_v[:, :, value] = np.where(found, best, 0)
+    out_i[:, :, present] = found
+
+
+def fold_pair(layout: ViewLayout, ai: np.ndarray, af: np.ndarray, bi: np.ndarray, bf: np.ndarray):
+    """The fold of two records (or arrays of them, broadcast): ``a`` then ``b``."""
+    out_i = ai + bi
+    out_f = af + bf
+    ta = np.where(ai[..., ROWS] > 0, ai[..., MAX_TS], LOWEST)
+    tb = np.where(bi[..., ROWS] > 0, bi[..., MAX_TS], LOWEST)
+    out_i[..., MAX_TS] = np.where(out_i[..., ROWS] > 0, np.maximum(ta, tb), 0)
+    fold = layout.fold
+    for value, present, is_min in fold.int_extremes:
+        _extreme_pair(out_i, out_i, ai[..., value], bi[..., value], ai[..., present], bi[..., present], value,
+                      present, is_min)
+    for value, present, is_min in fold.float_extremes:
+        _extreme_pair(out_f, out_i, af[..., value], bf[..., value], ai[..., present], bi[..., present], value,
+                      present, is_min)
+    return out_i, out_f
+
+
+def _extreme_pair(out_v, out_i, va, vb, pa, pb, value, present, is_min) -> None:
+    pa, pb = pa != 0, pb != 0
+    both = np.minimum(va, vb) if is_min else np.maximum(va, vb)
+    best = np.where(pa & pb, both, np.where(pa, va, vb))
+    found = pa | pb
+    out_v[..., value] = np.where(found, best, 0)
+    out_i[..., present] = found
+
+
+@lru_cache(maxsize=1024)
+def _extractors(layout: ViewLayout, windows: tuple, wanted: frozenset) -> tuple:
+    """Per wanted numeric feature: (name, kind, window position, int slots, float slots, is bool)."""
+    index = {window: w for w, window in enumerate(windows)}
+    out = []
     for slot in layout.numeric:
         if slot.feature.name not in wanted:
             continue
-        w = window_index[layout.windows[slot.feature.name]]
-        si, sf = sums_i[w], sums_f[w]
         if slot.agg == "count" or (slot.agg == "sum" and slot.int_slots):
-            values[slot.feature.name] = si[:, slot.int_slots[0]].tolist()
-        elif slot.agg == "sum":
-            values[slot.feature.name] = sf[:, slot.float_slots[0]].tolist()
-        elif slot.agg == "mean":
-            count = si[:, slot.int_slots[0]]
-            sums = sf[:, slot.float_slots[0]]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean = sums / np.where(count == 0, 1, count)
-            values[slot.feature.name] = [m if c else None for m, c in zip(mean.tolist(), count.tolist())]
+            kind = "int"
+        elif slot.agg in ("sum", "mean"):
+            kind = "float" if slot.agg == "sum" else "mean"
         else:
-            values[slot.feature.name] = _extreme(slot, ints, floats, masks[w])
-    rows = ints[:, :, ROWS]
-    lowest = int(np.iinfo(np.int64).min)
-    newest = np.where(rows > 0, ints[:, :, MAX_TS], lowest).max(axis=1) if total else np.full(n_ent, lowest)
-    ages = [None if n == lowest or not e else (now - n) / 1000.0
-            for n, e in zip(newest.tolist(), exists.tolist())]
+            kind = "float_extreme" if slot.float_slots else "int_extreme"
+        out.append((slot.feature.name, kind, index[layout.windows[slot.feature.name]], slot.int_slots,
+                    slot.float_slots, slot.column_dtype == "bool"))
+    return tuple(out)
+
+
+def window_values(layout: ViewLayout, windows: tuple, ints: np.ndarray, floats: np.ndarray, exists,
+                  now: int, wanted: frozenset) -> dict:
+    """Values of the wanted numeric features from the merged records ``(E, W, ·)`` of each
+    window, and each entity's age (its newest event in any of the windows)."""
+    values: dict[str, list] = {}
+    columns: dict[int, tuple[list, list]] = {}  # per window: its slots as Python lists
+    for name, kind, w, int_slots, float_slots, is_bool in _extractors(layout, windows, wanted):
+        found = columns.get(w)
+        if found is None:
+            found = columns[w] = (ints[:, w, :].T.tolist(), floats[:, w, :].T.tolist())
+        si, sf = found
+        if kind == "int":
+            values[name] = si[int_slots[0]]
+        elif kind == "float":
+            values[name] = sf[float_slots[0]]
+        elif kind == "mean":
+            values[name] = [t / c if c else None for t, c in zip(sf[float_slots[0]], si[int_slots[0]])]
+        else:
+            if kind == "float_extreme":
+                present, best = si[int_slots[0]], sf[float_slots[0]]
+            else:
+                present, best = si[int_slots[1]], si[int_slots[0]]
+            out = [b if p else None for b, p in zip(best, present)]
+            values[name] = [None if v is None else bool(v) for v in out] if is_bool else out
+    if ints.shape[1]:
+        newest = np.where(ints[:, :, ROWS] > 0, ints[:, :, MAX_TS], LOWEST).max(axis=1)
+    else:
+        newest = np.full(ints.shape[0], LOWEST)
+    ages = [None if n == LOWEST or not e else (now - n) / 1000.0 for n, e in zip(newest.tolist(), exists)]
     return {"values": values, "age": ages}
 
 
-def _extreme(slot, ints, floats, mask) -> list:
-    pick_min = slot.agg == "min"
-    if slot.float_slots:
-        present = ints[:, mask, slot.int_slots[0]] > 0
-        data = floats[:, mask, slot.float_slots[0]]
-        fill = np.inf if pick_min else -np.inf
-    else:
-        present = ints[:, mask, slot.int_slots[1]] > 0
-        data = ints[:, mask, slot.int_slots[0]]
-        info = np.iinfo(np.int64)
-        fill = info.max if pick_min else info.min
-    chosen = np.where(present, data, fill)
-    best = chosen.min(axis=1) if pick_min else chosen.max(axis=1)
-    any_present = present.any(axis=1)
-    out = [b if p else None for b, p in zip(best.tolist(), any_present.tolist())]
-    if slot.column_dtype == "bool":
-        out = [None if v is None else bool(v) for v in out]
-    return out
+def reply_columns(plan: ReadPlan, use_tail: int, n_life: int, now: int) -> tuple[int, int]:
+    """``(open_cols, n_cols)``: whether the reply carries the open tile's record (a lookup
+    whose tail is not complete), and the stored columns before the tail events."""
+    open_cols = 0 if use_tail or not plan.open_field or now == plan.open_start else 1
+    return open_cols, len(plan.fields) + open_cols + n_life
+
+
+def complete_masks(plan: ReadPlan, n_life: int) -> np.ndarray:
+    """Per window, its columns among ``[cover tiles ..., lifetime prefix ...]``."""
+    masks = np.zeros((len(plan.windows), len(plan.fields) + n_life), dtype=bool)
+    for w, base in enumerate(plan.window_fields):
+        masks[w, :len(plan.fields)] = base
+        masks[w, len(plan.fields):] = plan.window_lifetime[w]
+    return masks
+
+
+def split_columns(ints, floats, n_fields: int, open_cols: int, n_cols: int):
+    """``((ints, floats) of the complete columns, (ints, floats) of the open ones)``."""
+    if open_cols == 0 and n_cols == n_fields:
+        return (ints[:, :n_fields], floats[:, :n_fields]), (ints[:, n_fields:], floats[:, n_fields:])
+    complete = np.r_[0:n_fields, n_fields + open_cols:n_cols]
+    opened = np.r_[n_fields:n_fields + open_cols, n_cols:ints.shape[1]]
+    return (ints[:, complete], floats[:, complete]), (ints[:, opened], floats[:, opened])
+
+
+def fold_open(layout: ViewLayout, ints, floats):
+    """The open part's one record per entity, shaped ``(E, 1, ·)`` to fold into every window."""
+    return fold_columns(layout, ints, floats, np.ones((1, ints.shape[1]), dtype=bool))
+
+
+def fold_complete(layout: ViewLayout, plan: ReadPlan, entries, use_tail: int, n_life: int, now: int):
+    """For fully read entries: ``(ints, floats)`` of each window's folded complete part
+    ``(E, W, ·)``, and ``(ints, floats)`` of the open tile's record column ``(E, 0 or 1, ·)``."""
+    open_cols, n_cols = reply_columns(plan, use_tail, n_life, now)
+    ints, floats = present_records(layout, entries, n_cols, tails=False)
+    (ci, cf), (oi, of) = split_columns(ints, floats, len(plan.fields), open_cols, n_cols)
+    ci, cf = fold_columns(layout, ci, cf, complete_masks(plan, n_life))
+    return (ci, cf), (oi, of)
+
+
+def finish_numeric(layout: ViewLayout, plan: ReadPlan, complete, open_records, entries, exists, now: int,
+                   wanted) -> dict:
+    """Window values of every wanted numeric feature for every entity, plus entity ages:
+    the complete parts ``(E, W, ·)`` folded with the open part (the open tile's record
+    columns and the tail events of ``entries``)."""
+    ti, tf = tail_records(layout, entries)
+    oi, of = open_records
+    if oi.shape[1]:
+        ti, tf = np.concatenate([oi, ti], axis=1), np.concatenate([of, tf], axis=1)
+    oi, of = fold_open(layout, ti, tf)
+    fi, ff = fold_pair(layout, complete[0], complete[1], oi, of)
+    return window_values(layout, plan.windows, fi, ff, exists, now, wanted)

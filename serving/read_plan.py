@@ -26,6 +26,15 @@ from parity.registry.online.keys import complex_field, tile_field
 from parity.registry.online.layout import ViewLayout
 from parity.registry.semantics import Window, feature_window, tile_cover
 
+# One call per view. KEYS: the view's meta hash, then one entity hash per entity. ARGV: the
+# view prefix, the cover's fields, the open tile's field, the tail's score range, the lifetime
+# prefix, whether complex and latest partials are wanted, and one mode character per entity:
+# '0' when serving keeps the entity's complete part (tile_cache.py; only its tail and latest
+# values are read, and only while the tail covers the open tile), '2' when serving knows its
+# hash does not exist (nothing is read), anything else reads it all. With modes, the reply
+# also carries the server's clock (ms) and each fully read hash's expiry time (PEXPIRETIME):
+# a kept part is only used while its hash has not expired, even if Redis has not reclaimed it.
+
 
 @dataclass(frozen=True)
 class ReadPlan:
@@ -104,3 +113,70 @@ def latest_cover(layout: ViewLayout, ttl: int, now: int) -> list[bytes]:
         return []
     complete, _ = _cover_fields(start, open_start, layout.resolutions)
     return [complex_field(t.resolution, t.start) for t in complete]
+
+
+READ_SCRIPT = r"""
+local prefix = ARGV[1]
+local nf = tonumber(ARGV[2])
+local fields = {}
+for j = 1, nf do fields[j] = ARGV[2 + j] end
+local i = 3 + nf
+local open_field, tail_lo, tail_hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local life_res, life_end = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+local want_complex, want_latest = ARGV[i + 5] == '1', ARGV[i + 6] == '1'
+local modes = ARGV[i + 7] or ''
+local meta = redis.call('HMGET', KEYS[1], 'watermark', 'tail_from', 'min_ts')
+local use_tail = 0
+if open_field ~= '' and (not meta[2] or tonumber(tail_lo) >= tonumber(meta[2])) then use_tail = 1 end
+local read = {}
+for j = 1, nf do read[j] = fields[j] end
+if open_field ~= '' and use_tail == 0 then read[#read + 1] = open_field end
+local n_life = 0
+if life_res > 0 and meta[3] then
+  local first = math.floor(tonumber(meta[3]) / (life_res * 1000000))
+  for idx = first, life_end - 1 do read[#read + 1] = life_res .. ':' .. idx; n_life = n_life + 1 end
+end
+local cx = {}
+if want_complex then for j = 1, #read do cx[j] = read[j] .. 'x' end end
+local clock = {0, 0}
+if modes ~= '' then clock = redis.call('TIME') end
+local out = {{meta[1] or false, meta[2] or false, use_tail, n_life, clock[1] * 1000 + math.floor(clock[2] / 1000)}}
+for k = 2, #KEYS do
+  local h = KEYS[k]
+  local mode = string.byte(modes, k - 1)
+  local kept = use_tail == 1 and mode == 48
+  local entry
+  if kept then entry = {1} elseif mode == 50 then entry = {0} else entry = {redis.call('EXISTS', h)} end
+  if kept then
+    entry[2] = {}
+    entry[3] = redis.call('ZRANGEBYSCORE', prefix .. 't:' .. string.sub(h, #prefix + 3), tail_lo, tail_hi)
+    entry[4] = {}
+    if want_latest then entry[5] = redis.call('HGET', h, 'L') or false else entry[5] = false end
+  elseif entry[1] == 1 then
+    local present = {}
+    if #read > 0 then
+      local vals = redis.call('HMGET', h, unpack(read))
+      for j = 1, #read do
+        if vals[j] then present[#present + 1] = j; present[#present + 1] = vals[j] end
+      end
+    end
+    entry[2] = present
+    if use_tail == 1 then
+      entry[3] = redis.call('ZRANGEBYSCORE', prefix .. 't:' .. string.sub(h, #prefix + 3), tail_lo, tail_hi)
+    else
+      entry[3] = {}
+    end
+    if want_complex and #cx > 0 then entry[4] = redis.call('HMGET', h, unpack(cx)) else entry[4] = {} end
+    if want_latest then entry[5] = redis.call('HGET', h, 'L') or false else entry[5] = false end
+    if modes ~= '' then entry[6] = redis.call('PEXPIRETIME', h) end
+  end
+  out[#out + 1] = entry
+end
+return out
+"""
+
+SLOW_SCRIPT = r"""
+local out = {}
+for k = 1, #KEYS do out[k] = redis.call('HMGET', KEYS[k], unpack(ARGV)) end
+return out
+"""
