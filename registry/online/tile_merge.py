@@ -222,16 +222,17 @@ class _Upkeep:
         self.tailed = set() if floor is None else set(np.unique(events.entity[events.ts >= floor]).tolist())
 
     def decide(self, item: _EntityWrite, ent: int, raw: bytes | None, created: int) -> None:
-        n, refreshed, trimmed = (int(x) for x in raw.split(b":")) if raw else (0, -1, -1)
+        n, refreshed, trimmed = map(int, raw.split(b":")) if raw else (0, -1, -1)
         n += created
-        item.prune = n >= self.prune_after
-        if item.prune:
+        prune = item.prune = n >= self.prune_after
+        if prune:
             n = 0
-        item.expire = self.refresh_after_s is not None and (refreshed < 0 or self.now_s - refreshed > self.refresh_after_s)
-        if item.expire:
+        after = self.refresh_after_s
+        expire = item.expire = after is not None and (refreshed < 0 or self.now_s - refreshed > after)
+        if expire:
             refreshed = self.now_s
-        item.trim_tail = ent in self.tailed and (trimmed < 0 or self.tile - trimmed >= 2)
-        if item.trim_tail:
+        trim = item.trim_tail = ent in self.tailed and (trimmed < 0 or self.tile - trimmed >= 2)
+        if trim:
             trimmed = self.tile
         item.fields[UPKEEP_FIELD] = b"%d:%d:%d" % (n, refreshed, trimmed)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 import time
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -383,14 +384,14 @@ class OnlineWriter:
         for encoded, item in vw.entities.items():
             key = vw.prefix + b"e:" + encoded
             if item.fields:
-                out.append((b"HSET", key, *[x for pair in item.fields.items() for x in pair]))
+                out.append((b"HSET", key, *chain.from_iterable(item.fields.items())))
                 if expire is not None and item.expire:
                     out.append((b"PEXPIRE", key, expire))
                 if item.prune:
                     over_full.append(key)
             if item.tail and self.tail:
                 tail = vw.prefix + b"t:" + encoded
-                out.append((b"ZADD", tail, *[x for member, score in item.tail.items() for x in (score, member)]))
+                out.append((b"ZADD", tail, *chain.from_iterable(zip(item.tail.values(), item.tail))))
                 if item.trim_tail:
                     if below is not None:
                         out.append((b"ZREMRANGEBYSCORE", tail, b"-inf", below))
