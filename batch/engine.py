@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from parity.batch.aggregates import q
 from parity.errors import ParityError
 from parity.registry.models import Definitions
 from parity.registry.resolve import ResolvedFeature
@@ -64,6 +65,7 @@ def connect(memory_limit: str | None = None, threads: int | None = None, temp_di
 
 def register_spine(con, spine: Any) -> str:
     """Make the spine a DuckDB relation ``__spine_in`` with a ``__row`` column (spine order)."""
+    import numpy as np
     import pyarrow as pa
 
     if isinstance(spine, (str, Path)):
@@ -75,8 +77,20 @@ def register_spine(con, spine: Any) -> str:
                   ".ndjson": "read_json"}.get(suffix)
         if reader is None:
             raise ParityError(f"spine file {spine}: unknown format {suffix!r}", hint="use .parquet, .csv or .jsonl")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE __spine_in AS SELECT *, (row_number() OVER ())::BIGINT - 1 AS __row "
-                    f"FROM (SELECT * FROM {reader}('{path}') )")
+        names = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {reader}('{path}')").fetchall()}
+        if reader == "read_parquet" and not names & {"__row", "file_row_number"}:
+            # a view: the file's own row numbers, no copy
+            con.execute(f"CREATE OR REPLACE TEMP VIEW __spine_in AS SELECT * EXCLUDE (file_row_number), "
+                        f"file_row_number AS __row FROM read_parquet('{path}', file_row_number = true)")
+            return "__spine_in"
+        # numbered in file order: a streaming window reads its input in order only when
+        # insertion order is preserved
+        con.execute("SET preserve_insertion_order = true")
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __spine_in AS SELECT *, (row_number() OVER ())::BIGINT - 1 "
+                        f"AS __row FROM (SELECT * FROM {reader}('{path}') )")
+        finally:
+            con.execute("SET preserve_insertion_order = false")
         return "__spine_in"
     if not isinstance(spine, pa.Table):
         try:
@@ -86,7 +100,7 @@ def register_spine(con, spine: Any) -> str:
                               hint="pass a pyarrow Table, a pandas DataFrame or a file path") from None
     if "__row" in spine.column_names:
         raise ParityError("spine column name __row is reserved")
-    spine = spine.append_column("__row", pa.array(range(spine.num_rows), pa.int64()))
+    spine = spine.append_column("__row", pa.array(np.arange(spine.num_rows, dtype=np.int64)))
     con.register("__spine_arrow", spine)
     return "__spine_arrow"
 
@@ -111,12 +125,12 @@ def _bytes(text: str) -> int:
     return int(float(number) * scale)
 
 
-def _execute(con, statement: str, phase: str) -> None:
+def _execute(con, statement: str, phase: str):
     """Run one statement; DuckDB's out-of-memory becomes a typed error naming the phase."""
     import duckdb
 
     try:
-        con.execute(statement)
+        return con.execute(statement)
     except duckdb.OutOfMemoryException as exc:
         raise ParityError(f"out of memory computing {phase}: {str(exc).splitlines()[0]}",
                           hint="raise batch.memory_limit, lower batch.threads or set batch.temp_directory "
@@ -127,41 +141,144 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
                      scan_of: Callable[[str], str], *, mode: str = "event_time", timestamp_column: str = "ts",
                      out: str | Path | None = None, progress: bool = False, phases: Phases | None = None):
     """Compute a training set; return an Arrow table, or write Parquet to ``out`` and return its path."""
-    from parity.batch.training_set import float_scales, group_count, prepare_spine, training_set_sql
+    from parity.batch.training_set import MODES, float_scales, plan_groups, prepare_spine
 
+    if mode not in MODES:
+        raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
     phases = phases if phases is not None else Phases()
     started = time.perf_counter()
     scales = float_scales(con, defs, resolved, scan_of, mode)
+    groups = plan_groups(resolved, mode, defs, scales)
     phases.record("plan", started)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=group_count(resolved, mode, defs, scales) + 2, desc="training set", unit="step")
-    started = time.perf_counter()
-    table = register_spine(con, spine)
-    columns = prepare_spine(con, defs, resolved, table, timestamp_column)
-    phases.record("spine", started)
+        bar = tqdm(total=len(groups) + 2, desc="training set", unit="step")
+    try:
+        started = time.perf_counter()
+        table = register_spine(con, spine)
+        direct = _direct_group(groups)
+        columns = prepare_spine(con, defs, resolved, table, timestamp_column, materialize=direct is None)
+        phases.record("spine", started)
+        if bar:
+            bar.update(1)
+        if direct is not None:
+            result = _run_direct(con, defs, direct, scan_of, mode, columns, table, out, phases, bar)
+            if result is not None:
+                return result
+            con.execute("DROP VIEW __spine")  # some spine row sees two rows of its key: the general plan
+            prepare_spine(con, defs, resolved, table, timestamp_column)
+        return _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar)
+    finally:
+        if bar:
+            bar.close()
+
+
+def _direct_group(groups: list):
+    """The plan's one group when it is a view's latest values (computed straight from the spine)."""
+    from parity.batch.latest import LatestGroup
+
+    return groups[0] if len(groups) == 1 and isinstance(groups[0], LatestGroup) else None
+
+
+def _run_direct(con, defs, group, scan_of, mode, columns, table, out, phases, bar):
+    """One hash join of the spine with the view's rows; None when some spine row sees two rows.
+
+    In memory, the join carries only the keys, ``__t`` and ``__row`` of the spine (the
+    smaller hash table); the features are put in spine order by :func:`in_spine_order` and
+    set beside the spine's own columns, read in file order.
+    """
+    import pyarrow as pa
+
+    from parity.batch.training_set import direct_sql
+
+    began = time.perf_counter()
+    name = f"features: {group.view.name} v{group.view.version} latest values by hash join, from the spine"
     if bar:
-        bar.update(1)
+        bar.set_postfix_str(name)
+    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    if out is not None:
+        target = str(out).replace("'", "''")
+        sql = direct_sql(defs, group, scan_of, mode, columns, rows)
+        written = _execute(con, f"COPY (SELECT * EXCLUDE (__row) FROM ({sql}) ORDER BY __row) TO '{target}' "
+                                f"(FORMAT parquet)", name).fetchall()[0][0]
+        result: Any = Path(out) if written == rows else None
+    else:
+        features = con.sql(direct_sql(defs, group, scan_of, mode, None, rows)).to_arrow_table()
+        result = None
+        if features.num_rows == rows:
+            features = in_spine_order(features)
+            spine = ordered_scan(con, f"SELECT {', '.join(q(c) for c in columns)}, __row FROM {table}")
+            result = pa.Table.from_arrays(spine.columns + features.columns,
+                                          names=spine.column_names + features.column_names)
+    phases.record(name, began)
+    if bar:
+        bar.update(2)
+    return result
+
+
+def ordered_scan(con, sql: str):
+    """``sql`` (a scan with a ``__row`` column) as Arrow in ``__row`` order, without ``__row``.
+
+    With insertion order preserved, DuckDB returns a scan in file order; the row numbers
+    are checked, and reordered if they are not.
+    """
+    import numpy as np
+
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        table = con.sql(sql).to_arrow_table()
+    finally:
+        con.execute("SET preserve_insertion_order = false")
+    rows = table.column("__row").to_numpy()
+    if len(rows) and not (rows[0] == 0 and np.all(np.diff(rows) == 1)):
+        return in_spine_order(table)
+    return table.drop_columns(["__row"])
+
+
+def in_spine_order(table):
+    """``table`` (a ``__row`` column numbering the spine's rows 0..n-1, each once) in spine
+    order, without ``__row``: a scatter of the row numbers, then one gather."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows = table.column("__row").to_numpy()
+    order = np.empty(len(rows), dtype=np.int64)
+    order[rows] = np.arange(len(rows), dtype=np.int64)
+    return table.drop_columns(["__row"]).take(pa.array(order))
+
+
+def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar):
+    """The general plan: one relation per group of features, joined to the spine."""
+    from parity.batch.training_set import training_set_sql
+
     counter = iter(range(10_000))
 
-    def step(name: str, setup: list[str], selects: list[str]) -> str:
+    def fill(relation: str, name: str, setup: list[str], selects: list[str]) -> None:
+        statements = [f"CREATE OR REPLACE TEMP TABLE {relation} AS {selects[0]}"]
+        statements += [f"INSERT INTO {relation} {select}" for select in selects[1:]]
+        for statement in [*setup, *statements]:
+            _execute(con, statement, name)
+
+    def step(name: str, setup: list[str], selects: list[str], fallback=None) -> str:
         began = time.perf_counter()
         relation = f"__group{next(counter)}"
         if bar:
             bar.set_postfix_str(name)
-        fill = [f"CREATE OR REPLACE TEMP TABLE {relation} AS {selects[0]}"]
-        fill += [f"INSERT INTO {relation} {select}" for select in selects[1:]]
-        for statement in [*setup, *fill]:
-            _execute(con, statement, name)
+        fill(relation, name, setup, selects)
+        if fallback is not None:
+            check, other, more, others = fallback
+            if not con.execute(check.format(relation=relation)).fetchall()[0][0]:
+                name = other
+                fill(relation, name, more, others)
         phases.record(f"features: {name}", began)
         if bar:
             bar.update(1)
         return relation
 
     sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step,
-                           chunks=merge_chunks(con, resolved, table), scales=scales)
+                           chunks=merge_chunks(con, resolved, table), scales=scales, ordered=out is not None)
     began = time.perf_counter()
     if bar:
         bar.set_postfix_str("assemble")
@@ -169,12 +286,9 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         if out is not None:
             target = str(out).replace("'", "''")
             con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet)")
-            result: Any = Path(out)
-        else:
-            result = con.sql(sql).to_arrow_table()
+            return Path(out)
+        return in_spine_order(con.sql(sql).to_arrow_table())
     finally:
         phases.record("assemble", began)
         if bar:
             bar.update(1)
-            bar.close()
-    return result

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from parity.batch.aggregates import feature_partials, finish, q, spec_of
+from parity.batch.latest import LatestGroup, latest_eligible, latest_join_sql
 from parity.batch.prefix import PrefixGroup, exact_float_scales, prefix_eligible, prefix_sql
 from parity.batch.recent import RecentGroup, recent_eligible, recent_sql
 from parity.errors import ParityError
@@ -56,19 +57,28 @@ class Group:
 Scales = dict[tuple[str, int], dict[str, int]]  # (view, version) -> float column -> fixed-point scale
 
 
+AnyGroup = "Group | PrefixGroup | RecentGroup | LatestGroup"
+
+
 def plan_groups(resolved: Iterable[ResolvedFeature], mode: str = "as_served",
-                defs: Definitions | None = None, scales: Scales | None = None) -> list[Group | PrefixGroup | RecentGroup]:
+                defs: Definitions | None = None, scales: Scales | None = None) -> list[AnyGroup]:
     """Groups of features computed together.
 
+    The latest values of a view form one group (:mod:`parity.batch.latest`: a hash join
+    when each point sees at most one row of its key, else the UNBOUNDED history below).
     In event-time mode, counts and sums/means (integer, or float with an exact fixed-point
     ``scales`` entry) of a view form one prefix-sum group (:mod:`parity.batch.prefix`), and
     windowed last/last_k one list group per (view, column, where) (:mod:`parity.batch.recent`).
     The rest share tile pyramids per (view, tile size).
     """
-    groups: dict[tuple, Group | PrefixGroup | RecentGroup] = {}
+    groups: dict[tuple, AnyGroup] = {}
     for item in resolved:
         window = feature_window(item.view, item.feature)
         view_key = (item.view.name, item.view.version)
+        if defs is not None and latest_eligible(item.feature):
+            group = groups.setdefault((*view_key, "latest"), LatestGroup(item.view, []))
+            group.features.append((item, None))
+            continue
         view_scales = (scales or {}).get(view_key, {})
         if mode == "event_time" and defs is not None and window is not None \
                 and prefix_eligible(item.feature, view_schema(defs, item.view), view_scales.get(item.feature.column)):
@@ -275,13 +285,14 @@ def _merge_selects(setup: list[str], parts: list[str], prefix: str, key_list: st
 
 
 def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine_table: str,
-                  timestamp_column: str) -> list[str]:
-    """Create ``__spine`` from the user's spine: typed entity keys, ``__t`` and ``__row``.
+                  timestamp_column: str, *, materialize: bool = True) -> list[str]:
+    """Create ``__spine`` from the user's spine: typed entity keys, ``__t`` and ``__row``
+    (a table, or with ``materialize=False`` a view for a plan that reads the spine once).
 
     Returns the user's column names, in order.
     """
-    columns = [row[0] for row in con.execute(f"DESCRIBE {spine_table}").fetchall()]
     types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {spine_table})").fetchall())
+    columns = list(types)
     if timestamp_column not in columns:
         raise SpineError(f"the spine has no timestamp column {timestamp_column!r} (columns: {', '.join(columns)})",
                          hint="pass timestamp_column= naming the column that holds each row's time")
@@ -310,8 +321,8 @@ def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine
             dtype = dtypes[key]
             raise SpineError(f"{wrong} spine values of {key!r} are not {dtype}", hint=f"cast {key!r} to {dtype}")
     extra = ", ".join(key_exprs.values())
-    con.execute(f"CREATE OR REPLACE TEMP TABLE __spine AS SELECT *, {extra}{',' if extra else ''} "
-                f"epoch_us({q(timestamp_column)}) AS __t FROM {spine_table}")
+    con.execute(f"CREATE OR REPLACE TEMP {'TABLE' if materialize else 'VIEW'} __spine AS SELECT *, {extra}"
+                f"{',' if extra else ''} epoch_us({q(timestamp_column)}) AS __t FROM {spine_table}")
     return [c for c in columns if c != "__row"]
 
 
@@ -330,12 +341,15 @@ def float_scales(con, defs: Definitions, resolved: list[ResolvedFeature], scan_o
 
 
 def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
-                     mode: str, user_columns: list[str], *, step: Callable[[str, list[str], list[str]], str],
-                     chunks: int = 1, scales: Scales | None = None) -> str:
-    """The final SELECT: the spine's columns, then each feature, in spine order.
+                     mode: str, user_columns: list[str], *, step: Callable[..., str],
+                     chunks: int = 1, scales: Scales | None = None, ordered: bool = True) -> str:
+    """The final SELECT: the spine's columns, then each feature, in spine order (``ordered``),
+    or in any order with the spine's row number ``__row`` last (for the caller to order).
 
-    ``step(name, setup, sql)`` runs a group's setup statements, materialises its SELECT and
-    returns the relation's name (the engine times each step and shows progress).
+    ``step(name, setup, sql, fallback)`` runs a group's setup statements, materialises its
+    SELECT and returns the relation's name (the engine times each step and shows progress).
+    ``fallback``, when not None, is ``(check, name, setup, sql)``: if the query ``check``
+    (``{relation}`` names the relation) is false, the relation is remade from those.
     """
     if mode not in MODES:
         raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
@@ -350,18 +364,29 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
             setup.append(points_sql(points, ", ".join(keys), chunks))
             points_of[group.view.entity] = points
         points = points_of[group.view.entity]
+        events = events_sql(defs, group.view, scan_of(group.view.source))
+        fallback = None
         if isinstance(group, PrefixGroup):
-            more, sql = prefix_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), points,
-                                   f"__g{index}", floor_sql)
+            more, sql = prefix_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} running totals ({len(group.features)} features)"
         elif isinstance(group, RecentGroup):
-            more, sql = recent_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), points,
-                                   f"__g{index}", floor_sql)
+            more, sql = recent_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} last values of {group.column} ({len(group.features)} features)"
+        elif isinstance(group, LatestGroup):
+            more = []
+            sql = [latest_join_sql(defs, group, events, points, mode, [f"p.{k}" for k in keys] + ["p.__t"],
+                                   limit=f"(SELECT count(*) FROM {points}) + 1")]
+            name = f"{group.view.name} v{group.view.version} latest values by hash join ({len(group.features)} features)"
+            # some point sees two rows of its key: the join has more rows than points; use the history
+            history = Group(group.view, UNBOUNDED, list(group.features))
+            fallback = (f"SELECT (SELECT count(*) FROM {{relation}}) = (SELECT count(*) FROM {points})",
+                        f"{group.view.name} v{group.view.version} latest values from history "
+                        f"({len(group.features)} features)",
+                        *group_sql(defs, history, scan_of(group.view.source), mode, f"__g{index}", chunks, points))
         else:
             more, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}", chunks, points)
             name = f"{group.view.name} v{group.view.version} ({len(group.features)} features)"
-        relation = step(name, setup + more, sql)
+        relation = step(name, setup + more, sql, fallback)
         alias = f"g{index}"
         on = " AND ".join([f"{alias}.{k} IS NOT DISTINCT FROM s.{k}" for k in keys] + [f"{alias}.__t = s.__t"])
         joins.append(f"LEFT JOIN {relation} {alias} ON {on}")
@@ -369,7 +394,17 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
     order = {item.output_name: i for i, item in enumerate(resolved)}
     outputs.sort(key=lambda c: order[c.split(".", 1)[1].strip('"')])
     user = ", ".join(f"s.{q(c)}" for c in user_columns)
-    return f"SELECT {user}, {', '.join(outputs)} FROM __spine s {' '.join(joins)} ORDER BY s.__row"
+    tail = "ORDER BY s.__row" if ordered else ""
+    return f"SELECT {user}, {', '.join(outputs)}{'' if ordered else ', s.__row'} FROM __spine s {' '.join(joins)} {tail}"
+
+
+def direct_sql(defs: Definitions, group: LatestGroup, scan_of: Callable[[str], str], mode: str,
+               user_columns: list[str] | None, rows: int) -> str:
+    """A training set of one view's latest values straight from the spine (``rows`` rows), no
+    points table: the spine's ``user_columns`` (or none), the features, then ``__row``, in any
+    order. It is right when it returns ``rows`` rows (:mod:`parity.batch.latest`)."""
+    return latest_join_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), "__spine", mode,
+                           [f"p.{q(c)}" for c in user_columns or []], ("p.__row",), limit=str(rows + 1))
 
 
 def group_count(resolved: list[ResolvedFeature], mode: str = "as_served", defs: Definitions | None = None,
@@ -377,5 +412,5 @@ def group_count(resolved: list[ResolvedFeature], mode: str = "as_served", defs: 
     return len(plan_groups(resolved, mode, defs, scales))
 
 
-__all__ = ["training_set_sql", "prepare_spine", "group_sql", "plan_groups", "SpineError", "MODES",
+__all__ = ["training_set_sql", "direct_sql", "prepare_spine", "group_sql", "plan_groups", "SpineError", "MODES",
            "group_count", "floor_sql", "float_scales"]
