@@ -74,7 +74,7 @@ class StreamingConfig(_Parity):
     engine: Literal["embedded", "flink"] = "embedded"
     bootstrap_servers: str | None = None
     group_id: str = "parity"
-    max_batch: int = Field(default=5000, ge=1)
+    max_batch: int = Field(default=20000, ge=1)
     flush_interval: str = "200ms"
     dead_letter: Literal["topic", "file"] = "topic"
     flink_kafka_connector_jar: str | None = None

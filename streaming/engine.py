@@ -80,7 +80,7 @@ def _marker(kind: str, topic: str, partition: int) -> str:
 
 class StreamEngine:
     def __init__(self, defs: Definitions, *, project: str, redis, bootstrap: str, offline_log: OfflineLog,
-                 group_id: str = "parity", max_batch: int = 5000, flush_interval: float = 0.2,
+                 group_id: str = "parity", max_batch: int = 20000, flush_interval: float = 0.2,
                  dead_letter_dir: Path | None = None, dead_letter_topics: bool = False,
                  clock: Callable[[], int] = wall_clock_us,
                  consumer_overrides: dict | None = None,
