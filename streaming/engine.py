@@ -58,6 +58,8 @@ MAX_SCRIPT = "local old = redis.call('HGET', KEYS[1], ARGV[1]) " \
 MAX_FIELDS_SCRIPT = "for i = 1, #ARGV, 2 do local old = redis.call('HGET', KEYS[1], ARGV[i]) " \
                     "if not old or tonumber(ARGV[i + 1]) > tonumber(old) then " \
                     "redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end end"
+#: A backlog this large is applied at once rather than waiting ``flush_interval`` for more.
+PROMPT_BATCH = 1000
 PHASES = ("consume", "decode", "evaluate", "apply", "land", "land_wait", "publish")
 
 
@@ -195,12 +197,13 @@ class StreamEngine:
         return self.stats
 
     def _next_batch(self, consumer) -> list:
-        """The next micro-batch: what the client has fetched already, at once when that is a
-        tenth of ``max_batch`` or more (a backlog built up while the last batch was applied:
-        waiting would only add latency); otherwise whatever arrives within ``flush_interval``,
-        up to ``max_batch`` (at a low rate, fewer and larger batches)."""
+        """The next micro-batch: what the client has fetched already, at once when that is
+        :data:`PROMPT_BATCH` messages (or a tenth of ``max_batch``) or more: a backlog built up
+        while the last batch was applied, so waiting would only add latency; otherwise
+        whatever arrives within ``flush_interval``, up to ``max_batch`` (at a low rate, fewer
+        and larger batches, so fewer offline-log files)."""
         messages = consumer.consume(num_messages=self.max_batch, timeout=0)
-        if len(messages) < max(1, self.max_batch // 10):
+        if len(messages) < max(1, min(PROMPT_BATCH, self.max_batch // 10)):
             messages += consumer.consume(num_messages=self.max_batch - len(messages), timeout=self.flush_interval)
         return messages
 
