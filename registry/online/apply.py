@@ -118,6 +118,7 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
     epoch_key = lock + b":epoch"
     for attempt in range(1, retries + 1):
         epoch = _take_lock(client, lock, epoch_key, token)
+        released = False
         try:
             if expected:
                 current = client.hmget(pkey, [n for n, _v in expected])
@@ -141,10 +142,12 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
             done = _commit(client, epoch_key, epoch, commands)
             if done is None:
                 continue  # the lock expired and another writer took it: read and merge again
+            released = True  # by the transaction's DEL
             committed_at = int(done[-3 if with_marks else -2]) if progress else None
             return AppliedBatch(attempt, committed_at, tiles)
         finally:
-            client.eval(RELEASE, 1, lock, token)
+            if not released:
+                client.eval(RELEASE, 1, lock, token)
     raise ApplyRetriesExhausted(f"a batch of {sum(len(v) for _view, v in events)} events lost the apply lock "
                                 f"{retries} times", hint="fewer engine processes, or smaller batches")
 
