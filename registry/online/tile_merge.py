@@ -103,20 +103,25 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
         for g, name in zip(positions, names_r):
             tile_name[g] = name
     plan.tile_names = tile_name
-    for ent in range(len(events.entities)):
-        groups = by_entity[bounds[ent]:bounds[ent + 1]].tolist()
-        latest = ent in plan.latest_items
+    order, bound = by_entity.tolist(), bounds.tolist()
+    complex_items, latest_items = plan.complex_items, plan.latest_items
+    entities, keys, all_fields, slots = plan.entities, plan.keys, plan.fields, plan.slots
+    head = entity_key(prefix, b"")  # + the entity's code
+    for ent, code in enumerate(events.entities):
+        groups = order[bound[ent]:bound[ent + 1]]
+        latest = ent in latest_items
         if not groups and not latest:
             continue  # every event too old for every tile, and no latest value
         fields = [tile_name[g] for g in groups]
-        fields += [tile_name[g] + b"x" for g in groups if g in plan.complex_items]
+        if complex_items:
+            fields += [tile_name[g] + b"x" for g in groups if g in complex_items]
         if latest:
             fields.append(LATEST_FIELD)
-        key = entity_key(prefix, events.entities[ent])
-        plan.entities.append(ent)
-        plan.keys.append(key)
-        plan.fields.append(fields + [UPKEEP_FIELD])
-        plan.slots.append(groups)
+        fields.append(UPKEEP_FIELD)
+        entities.append(ent)
+        keys.append(head + code)
+        all_fields.append(fields)
+        slots.append(groups)
     return plan
 
 
@@ -132,29 +137,32 @@ def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: 
     view = layout.view
     fold = layout.fold
     n_groups = len(plan.group_entity)
-    blobs: list[bytes] = [layout.zero] * n_groups
     stored_complex: dict[int, bytes | None] = {}
     stored_latest: dict[int, bytes | None] = {}
-    created: list[int] = []  # per read entity: the fields this write creates
+    created: list[int] = []  # per read entity: the fields this write creates (every field read but _m)
+    flat_slots: list[int] = []
+    flat_blobs: list[bytes | None] = []
+    complex_items, latest_items = plan.complex_items, plan.latest_items
     for ent, slots, values in zip(plan.entities, plan.slots, stored):
-        new = 0
-        for g, blob in zip(slots, values):
-            if blob:
-                blobs[g] = blob
-            else:
-                new += 1
-        position = len(slots)
-        for g in slots:
-            if g in plan.complex_items:
-                stored_complex[g] = values[position]
-                new += values[position] is None
-                position += 1
-        if ent in plan.latest_items:
-            stored_latest[ent] = values[position]
-            new += values[position] is None
-        created.append(new)
+        k = len(slots)
+        flat_slots += slots
+        flat_blobs += values[:k]
+        created.append(values[:-1].count(None))
+        if complex_items:
+            position = k
+            for g in slots:
+                if g in complex_items:
+                    stored_complex[g] = values[position]
+                    position += 1
+        if ent in latest_items:
+            stored_latest[ent] = values[-2]
     # numeric: every group's stored record first, then its events, in one fold
-    rows = [fold.records(blobs)] if n_groups else []
+    rows = []
+    if n_groups:
+        zero = layout.zero
+        stored_rows = fold.records([blob or zero for blob in flat_blobs])
+        rows.append(np.empty_like(stored_rows))
+        rows[0][np.asarray(flat_slots, dtype=np.int64)] = stored_rows  # in group order
     groups = [np.arange(n_groups)]
     for gid in plan.event_group:
         chosen = gid >= 0

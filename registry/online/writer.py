@@ -41,7 +41,8 @@ from parity.registry.durations import floor_to, parse_duration
 from parity.registry.models import Definitions, FeatureView
 from parity.registry.online.accumulate import Event
 from parity.registry.online.keys import (
-    LATEST_FIELD, abort_key, complex_field, encode_entity, meta_key, progress_key, tile_field, view_prefix,
+    LATEST_FIELD, abort_key, complex_field, encode_entity, entity_key, meta_key, progress_key, tail_key, tile_field,
+    view_prefix,
 )
 from parity.registry.online.layout import TileValue, ViewLayout
 
@@ -381,8 +382,9 @@ class OnlineWriter:
         below = b"(%d" % floor if floor is not None else None
         out: list[tuple] = []
         over_full = []
+        hashes, tails = entity_key(vw.prefix, b""), tail_key(vw.prefix, b"")  # + the entity's code
         for encoded, item in vw.entities.items():
-            key = vw.prefix + b"e:" + encoded
+            key = hashes + encoded
             if item.fields:
                 out.append((b"HSET", key, *chain.from_iterable(item.fields.items())))
                 if expire is not None and item.expire:
@@ -390,7 +392,7 @@ class OnlineWriter:
                 if item.prune:
                     over_full.append(key)
             if item.tail and self.tail:
-                tail = vw.prefix + b"t:" + encoded
+                tail = tails + encoded
                 out.append((b"ZADD", tail, *chain.from_iterable(zip(item.tail.values(), item.tail))))
                 if item.trim_tail:
                     if below is not None:
