@@ -312,7 +312,8 @@ class StreamEngine:
         try:  # the previous batch's landing must be done before this commit moves applied_at
             batch = apply_events(self.writer, list(events.values()), progress=progress, expect=expect,
                                  watermark_topics=self._watermark_topics(),
-                                 after_read=lambda _attempt: self._wait_landing(), extra=self._newest(events))
+                                 after_read=lambda _attempt: self._wait_landing(),
+                                 extra=self._committed_counters(events, consumed))
         except ProgressConflict as conflict:
             self.stats.seconds["apply"] += clock() - started
             self._fenced(fresh, conflict)
@@ -382,14 +383,18 @@ class StreamEngine:
             landing.result()
             self.stats.seconds["land_wait"] += time.perf_counter() - started
 
-    def _newest(self, events) -> list[tuple]:
-        """The command that moves each view's ``newest_ts`` counter (event-time lag), committed
-        with the batch so a crash cannot leave it behind the tiles."""
+    def _committed_counters(self, events, consumed: int) -> list[tuple]:
+        """The engine counters that commit with the batch, so a crash cannot leave them behind
+        its tiles: events and batches, and each view's ``newest_ts`` (event-time lag)."""
         from parity.registry.online.keys import engine_key
 
+        key = engine_key(self.writer.project)
+        out: list[tuple] = [(b"HINCRBY", key, b"events", consumed), (b"HINCRBY", key, b"batches", 1)]
         pairs = [x for view, items in events.values() if len(items)
                  for x in (f"newest_ts/{view.name}@{view.version}", int(items.ts.max()))]
-        return [(b"EVAL", MAX_FIELDS_SCRIPT, 1, engine_key(self.writer.project), *pairs)] if pairs else []
+        if pairs:
+            out.append((b"EVAL", MAX_FIELDS_SCRIPT, 1, key, *pairs))
+        return out
 
     def _fenced(self, fresh, conflict: ProgressConflict) -> None:
         """Another process moved this batch's offsets (it owns those partitions now): nothing
@@ -415,18 +420,16 @@ class StreamEngine:
 
     def _publish(self, fresh, rows_of, events, batch) -> None:
         """Freshness counters for ``parity status`` and /metrics, in ``p:<project>:_engine``
-        (best effort, outside the batch's transaction, summed over engine processes): events,
-        batches, tiles written, dead letters by reason, the applied_at - ingested_at
-        histogram, and per partition the end offset the broker last reported
-        (``end/<topic>/<partition>``, for consumer lag). The newest applied event time per view
-        is committed with the batch (:meth:`_newest`)."""
+        (best effort, outside the batch's transaction, summed over engine processes): tiles
+        written, dead letters by reason, the applied_at - ingested_at histogram, and per
+        partition the end offset the broker last reported (``end/<topic>/<partition>``, for
+        consumer lag). Events, batches and the newest applied event time per view commit with
+        the batch (:meth:`_committed_counters`)."""
         from parity.registry.online.keys import engine_key
 
         committed_at = batch.committed_at
         pipe = self.writer.client.pipeline(transaction=False)
         key = engine_key(self.writer.project)
-        pipe.hincrby(key, "events", sum(len(v) for v in fresh.values()))
-        pipe.hincrby(key, "batches", 1)
         pipe.hincrby(key, "tiles", batch.tiles)
         for reason, count in self.stats.dead_letters.items():
             delta = count - self._published_dead[reason]
