@@ -20,6 +20,9 @@ from parity.cli import main as cli
 ROOT = Path(__file__).resolve().parent
 SCALE = 300_000
 DAYS = 7
+SEED = 7  # generate.py's default seed: the live stream's catalogue and popularity are the history's
+WATCHED = (["video_engagement:plays_1h", "video_engagement:plays_24h", "video_safety:reports_1h"],
+           ["user_engagement:plays_1h", "user_engagement:plays_24h"])
 START = (datetime.now(timezone.utc).date() - timedelta(days=DAYS)).isoformat()  # the last week, up to today
 
 
@@ -42,7 +45,7 @@ def run(config: str = "feature_store.yaml") -> int:
     log = store.config.path(store.config.offline_log.path)
     print(f"\n== Generate {SCALE:,} synthetic events over {DAYS} days into {log}", flush=True)
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generate.py"), "--scale", str(SCALE), "--days",
-                    str(DAYS), "--start", START, "--out", str(log)], check=True)
+                    str(DAYS), "--start", START, "--seed", str(SEED), "--out", str(log)], check=True)
 
     import duckdb
 
@@ -75,16 +78,38 @@ def run(config: str = "feature_store.yaml") -> int:
     _run("Online lookup: user features of the two heaviest users (a user never seen is `missing`)",
          ["get", "--config", config, "--features", "user_engagement:plays_24h", "user_engagement:watch_ms_7d",
           "user_profile:country", "--entity", "user_id=" + ",".join(str(u[0]) for u in users) + ",-1"])
+    watched = {"video_id": [v[0] for v in videos]}, {"user_id": [u[0] for u in users]}
+    before = [_values(store, entities, names) for entities, names in zip(watched, WATCHED)]
     _run("Stream live events: produce 10 s of synthetic events into the embedded broker",
-         ["produce", "--config", config, "--rate", "2000", "--duration", "10", "--quiet"])
+         ["produce", "--config", config, "--rate", "2000", "--duration", "10", "--quiet",
+          "--seed", str(SEED), "--scale", str(SCALE)])
     _run("... and run the stream engine until it has drained them (Kafka -> Redis tiles + offline log)",
          ["stream", "--config", config, "--idle-exit", "3"])
     _run("The same lookup now sees the live events (10m and 1h windows filled)",
          ["get", "--config", config, "--service", "safety_screen",
           "--entity", "video_id=" + ",".join(str(v[0]) for v in videos)])
+    after = [_values(store, entities, names) for entities, names in zip(watched, WATCHED)]
+    print("\n== What the live events changed (online values before -> after streaming):")
+    changed = 0
+    for entities, was, now in zip(watched, before, after):
+        (key, ids), = entities.items()
+        for name in was:
+            for i, entity in enumerate(ids):
+                old, new = was[name][i], now[name][i]
+                changed += old != new
+                print(f"{name:<30} {key}={entity:<8} {old[0]!r:>12} ({old[1]}) -> {new[0]!r} ({new[1]})")
+    print(f"{changed} values changed")
     print("\nthe embedded Redis and broker keep running for `parity get` / `parity serve` / `parity stream`; "
           "stop them with `parity dev down`")
-    return 0
+    return 0 if changed else 1
+
+
+def _values(store, entities: dict, names: list[str]) -> dict[str, list[tuple]]:
+    """``{feature: [(value, status), ...]}`` of an online lookup, in entity order."""
+    result = store.get_online_features(entities, features=names).to_dict()
+    return {name.replace(":", "__"): list(zip(result[name.replace(":", "__")],
+                                              result[name.replace(":", "__") + "__status"]))
+            for name in names}
 
 
 if __name__ == "__main__":
