@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
+import sys
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -27,10 +28,22 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     for name, info in summary.views.items():
         print(f"{name}: {info['tiles']} tiles loaded ({info['skipped_beyond_retention']} beyond retention "
               f"skipped), complete up to {info['watermark']}")
+    for name, info in summary.views.items():  # to stderr: online values miss these events
+        for start, end in info["gaps"]:
+            print(f"warning: {name} has no backfilled tiles for [{start}, {end}), inside its retention: "
+                  f"online values miss those events; hint: parity backfill --start {start[:10]} "
+                  f"--end {_day_after(end)} --views {name.split('@')[0]}, then materialize again", file=sys.stderr)
     if summary.handoff:
         print("handoff: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.handoff.items()))
               + " (`parity stream` continues from these)")
     return 0
+
+
+def _day_after(iso: str) -> str:
+    """The first midnight at or after an ISO timestamp, as a date (a backfill ``--end``)."""
+    moment = datetime.fromisoformat(iso)
+    day = moment.date()
+    return (day if moment.time() == datetime.min.time() else day + timedelta(days=1)).isoformat()
 
 
 def _entity_arg(text: str) -> tuple[str, list[Any]]:

@@ -66,7 +66,9 @@ def run(config: str = "feature_store.yaml") -> int:
     print("\nthe five rows with the most plays in the hour before:")
     table.show()
     end = date.fromisoformat(START) + timedelta(days=DAYS)
-    _run("Backfill the tiles the online store loads", ["backfill", "--config", config, "--start", START,
+    # from a month before the events: user_profile's snapshot rows count for 30 days (ttl 30d)
+    since = (date.fromisoformat(START) - timedelta(days=30)).isoformat()
+    _run("Backfill the tiles the online store loads", ["backfill", "--config", config, "--start", since,
                                                        "--end", end.isoformat()])
     _run("Start the project's own Redis (the embedded online store)", ["dev", "up", "--config", config])
     _run("Load the backfilled tiles into it", ["materialize", "--config", config])

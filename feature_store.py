@@ -161,4 +161,5 @@ class FeatureStore:
         """Load backfilled tiles into the online store (``parity materialize``)."""
         from parity.serving.materialize import materialize
 
-        return materialize(self.online_writer(clock), self.definitions, self.tiles_root, views, progress)
+        return materialize(self.online_writer(clock), self.definitions, self.tiles_root, views, progress,
+                           log=self.offline_log)

@@ -175,6 +175,14 @@ class OfflineLog:
         """Every data file of the source (sorted)."""
         return sorted(self.source_dir(source).glob(f"{PARTITION_PREFIX}*/*.parquet"))
 
+    def first_day(self, source: Source) -> "dt.date | None":
+        """The earliest date partition holding a data file (None: the log is empty)."""
+        import datetime as dt
+
+        days = sorted(d.name[len(PARTITION_PREFIX):] for d in self.source_dir(source).glob(f"{PARTITION_PREFIX}*")
+                      if any(d.glob("*.parquet")))
+        return dt.date.fromisoformat(days[0]) if days else None
+
     def batch_ids(self, source: Source) -> set[str]:
         return {path.stem for path in self.files(source)}
 

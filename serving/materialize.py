@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from parity.errors import ParityError
 from parity.registry.durations import from_micros, to_micros
 from parity.registry.offline_log import tiles_resolution_dir, tiles_view_dir
+from parity.registry.semantics import retention
 from parity.registry.models import Definitions, FeatureView
 from parity.registry.online.layout import TileValue, ViewLayout
 from parity.registry.online.writer import OnlineWriter
@@ -61,6 +62,39 @@ def _ranges(folder: Path, view: FeatureView) -> list[dict]:
 
 def _backfilled_until(folder: Path, view: FeatureView) -> int:
     return max(to_micros(datetime.fromisoformat(r["end"])) for r in _ranges(folder, view))
+
+
+def coverage_gaps(ranges: Sequence[dict], needed_from: int, until: int) -> list[tuple[int, int]]:
+    """The parts of ``[needed_from, until)`` (microseconds) that no backfilled range covers."""
+    spans = sorted((to_micros(datetime.fromisoformat(r["start"])), to_micros(datetime.fromisoformat(r["end"])))
+                   for r in ranges)
+    gaps, cursor = [], needed_from
+    for start, end in spans:
+        if start > cursor:
+            gaps.append((cursor, min(start, until)))
+        cursor = max(cursor, end)
+        if cursor >= until:
+            break
+    if cursor < until:
+        gaps.append((cursor, until))
+    return [(a, b) for a, b in gaps if a < b]
+
+
+def _needed_from(view: FeatureView, defs: Definitions, log, now: int) -> int | None:
+    """Where a view's online state must start (its retention before ``now``), no earlier than
+    the first day of its source's offline log; None when that cannot be known (a lifetime
+    window over a snapshot source, or no log given)."""
+    keep = retention(view)
+    first = None
+    source = defs.source(view.source)
+    if log is not None and source is not None and source.kind == "stream":
+        day = log.first_day(source)
+        if day is None:
+            return None  # nothing logged: nothing to miss
+        first = to_micros(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+    if keep is None:
+        return first
+    return now - keep if first is None else max(now - keep, first)
 
 
 def handoff_markers(writer: OnlineWriter, defs: Definitions, tiles_root: Path,
@@ -143,7 +177,12 @@ def tile_value(layout: ViewLayout, row: dict) -> TileValue:
 
 
 def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views: Sequence[str] | None = None,
-                progress: bool = False) -> MaterializeSummary:
+                progress: bool = False, log=None) -> MaterializeSummary:
+    """Load each view's backfilled tiles within its retention into the online store, and its
+    watermark (complete up to the newest backfilled end). ``log`` (the
+    :class:`~parity.registry.offline_log.OfflineLog`) lets the summary name each view's
+    ``gaps``: the parts of its retention, from its log's first day, that no backfill covers;
+    online values miss those events (``parity materialize`` warns)."""
     import pyarrow.parquet as pq
 
     chosen = [v for v in defs.feature_views if v.online and (views is None or v.name in views)]
@@ -163,6 +202,8 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
         layout = writer.layout(view)
         folder = tiles_view_dir(tiles_root, view)
         watermark = _backfilled_until(folder, view)
+        needed = _needed_from(view, defs, log, now)
+        gaps = [] if needed is None else coverage_gaps(_ranges(folder, view), needed, min(watermark, now))
         written = skipped = 0
         latest: dict[tuple, TileValue] = {}
         batch = writer.batch()
@@ -205,7 +246,8 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
         batch.commit()
         summary.views[f"{view.name}@{view.version}"] = {
             "tiles": written, "skipped_beyond_retention": skipped, "entities_with_latest": len(latest),
-            "watermark": from_micros(watermark).isoformat()}
+            "watermark": from_micros(watermark).isoformat(),
+            "gaps": [(from_micros(a).isoformat(), from_micros(b).isoformat()) for a, b in gaps]}
     if bar is not None:
         bar.close()
     return summary

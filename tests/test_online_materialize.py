@@ -73,3 +73,35 @@ def test_materialized_tiles_answer_like_the_training_set_and_the_oracle(store):
     before = contents()
     store.materialize(clock=clock)
     assert contents() == before
+
+
+def test_materialize_names_the_part_of_the_retention_no_backfill_covers(store, capsys):
+    """Events logged two days before END, backfilled only over END's day: view ``o`` (1 h
+    windows) loses nothing, view ``u`` (lifetime windows: it needs the whole log) misses the
+    log's first day onwards; a backfill over the rest closes the gap."""
+    rows = make_events()
+    store.offline_log.write(DEFS.source("ev"), pa.Table.from_pylist(rows, schema=EVENT_SCHEMA), batch_id="b1")
+    store.backfill(BASE, END)
+    clock = lambda: to_micros(END)  # noqa: E731
+    views = store.materialize(clock=clock).views
+    first_day = (BASE - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert views["o@1"]["gaps"] == []
+    assert views["u@1"]["gaps"] == [(first_day.isoformat() + "+00:00", BASE.isoformat() + "+00:00")]
+    store.backfill(first_day, BASE)
+    assert store.materialize(clock=clock).views["u@1"]["gaps"] == []
+
+
+def test_coverage_gaps_of_backfilled_ranges():
+    from parity.serving.materialize import coverage_gaps
+
+    def r(a, b):
+        return {"start": f"2026-01-{a:02d}T00:00:00", "end": f"2026-01-{b:02d}T00:00:00"}
+
+    day = to_micros(datetime(2026, 1, 2)) - to_micros(datetime(2026, 1, 1))
+    t = lambda d: to_micros(datetime(2026, 1, d))  # noqa: E731
+    assert coverage_gaps([r(1, 10)], t(3), t(10)) == []
+    assert coverage_gaps([r(5, 10)], t(3), t(10)) == [(t(3), t(5))]
+    assert coverage_gaps([r(6, 10), r(1, 4)], t(1), t(10)) == [(t(4), t(6))]  # unsorted, a hole
+    assert coverage_gaps([r(1, 5), r(3, 8)], t(2), t(10)) == [(t(8), t(10))]  # overlapping, short end
+    assert coverage_gaps([], t(2), t(3)) == [(t(2), t(3))]
+    assert coverage_gaps([r(1, 2)], t(1) + day // 2, t(2)) == []
