@@ -184,11 +184,24 @@ examples:
   parity produce --seed 7 --scale 5000000     the catalogue of generate.py --scale 5000000 --seed 7"""
 
 
+MATERIALIZE_DESCRIPTION = """\
+Load the tiles `parity backfill` computed into the online store: those still inside each
+resolution's retention, each entity's newest latest values, and per view the watermark
+(the newest backfilled end) up to which the online store is complete. Re-running it writes
+the same absolute values. A backfill taken with `--handoff` also stores the offsets
+`parity stream` continues from.
+
+Prints, per view, the tiles loaded and skipped and the watermark. When no backfilled range
+covers part of a view's retention (from its log's first day), a warning on stderr names the
+span and the backfill that closes it: online values would miss those events."""
+
+
 def register(sub, common) -> None:
     register_stream(sub, common)
     register_status(sub, common)
     p = sub.add_parser("materialize", parents=[common], help="load backfilled tiles into the online store "
-                       "(bootstrap) and record the watermark it is complete up to")
+                       "(bootstrap) and record the watermark it is complete up to",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=MATERIALIZE_DESCRIPTION)
     p.add_argument("--views", nargs="+", metavar="VIEW", help="only these views (default: every online view)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_materialize)
