@@ -61,3 +61,44 @@ def test_stream_survives_a_sigkill_and_matches_the_training_set(tmp_path):
         assert_online_equals_training_set(store, 5)
     finally:
         subprocess.run([*RUN, "dev", "down"], cwd=project, capture_output=True)
+
+
+def test_status_while_streaming_shows_rate_freshness_and_lag(tmp_path):
+    """`parity status` taken while `parity produce` sends 2,000 events/s and `parity stream`
+    applies them: a rate, every streamed view fresh with its lags, partitions with offsets."""
+    parity("init", "p", cwd=tmp_path)
+    project = tmp_path / "p"
+    parity("apply", cwd=project)
+    procs = []
+    try:
+        parity("dev", "up", cwd=project)
+        procs.append(subprocess.Popen([*RUN, "produce", "--rate", "2000", "--duration", "20", "--quiet"],
+                                      cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen([*RUN, "stream"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        store = FeatureStore(project / "feature_store.yaml")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                k.startswith("offset/") for k in store.online_writer().read_progress()):
+            time.sleep(0.1)
+        time.sleep(2)  # a few batches in
+        assert procs[0].poll() is None and procs[1].poll() is None, "producer and engine still running"
+        report = json.loads(parity("status", "--json", "--sample", "2", cwd=project).stdout)
+        assert procs[0].poll() is None, "the status was taken while events were still produced"
+        engine = report["engine"]
+        assert engine["events_per_s"] is not None and engine["events_per_s"] > 500, engine
+        streamed = {v["view"]: v for v in report["views"] if v["view"] != "user_profile@1"}
+        assert set(streamed) == {"user_engagement@1", "video_engagement@1", "video_safety@1", "creator_follows@1"}
+        for view in streamed.values():
+            assert view["ingestion_lag_s"] is not None and view["ingestion_lag_s"] < view["freshness_slo_s"], view
+            assert not view["stale"] and view["event_time_lag_s"] is not None, view
+        assert {p["topic"] for p in report["partitions"]} == {"video_events", "follow_events"}
+        assert all(p["consumer_lag"] is not None and p["consumer_lag"] >= 0 for p in report["partitions"]), report
+        table = parity("status", "--sample", "1", cwd=project).stdout
+        rows = {line.split()[0]: line for line in table.splitlines() if "@" in line.split(" ", 1)[0]}
+        assert all(rows[name].endswith("fresh") for name in streamed), table
+        assert "events/s" in table and "video_events" in table, table
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        subprocess.run([*RUN, "dev", "down"], cwd=project, capture_output=True)
