@@ -61,15 +61,15 @@ class _Columns:
 
 
 def features_json(request_id: str, result: Any, resolved: Sequence[Any]) -> bytes:
-    """The answer's body for ``result`` (an ``OnlineResult``) of the ``resolved`` features."""
+    """The answer's body for ``result`` (an ``OnlineResult``) of the ``resolved`` features
+    (in the order of ``result.names``, which are their output names)."""
     if result.rows <= SMALL:
         return orjson.dumps(_nested(request_id, result, resolved), option=ORJSON_OPTIONS)
     columns = _Columns(result.rows)
     repeated = result.repeated
     out = [b'{"request_id":', orjson.dumps(request_id), b',"now":',
            orjson.dumps(from_micros(result.now_us), option=ORJSON_OPTIONS), b',"rows":%d,"features":{' % result.rows]
-    for n, item in enumerate(resolved):
-        name = item.output_name
+    for n, (name, item) in enumerate(zip(result.names, resolved)):
         dtype = result.dtypes[name]
         again = name in repeated
         out += [b"," if n else b"", orjson.dumps(name), b':{"dtype":', orjson.dumps(dtype),
@@ -86,8 +86,7 @@ def features_json(request_id: str, result: Any, resolved: Sequence[Any]) -> byte
 def _nested(request_id: str, result: Any, resolved: Sequence[Any]) -> dict:
     """The answer as one nested structure (what :func:`features_json` encodes column by column)."""
     features = {}
-    for item in resolved:
-        name = item.output_name
+    for name, item in zip(result.names, resolved):
         dtype = result.dtypes[name]
         column = {"dtype": dtype, "values": json_column(result.values[name], dtype), "status": result.status[name],
                   "age_ms": result.age_ms[name]}

@@ -278,6 +278,9 @@ class OnlineReader:
                 self.client.script_load(READ_SCRIPT)
                 self.client.script_load(SLOW_SCRIPT)
                 self._scripts_loaded = True
+            if len(calls) == 1:  # one view: no pipeline object
+                keys, args = calls[0][:2]
+                return [self.client.evalsha(self._read.sha, len(keys), *keys, *args)]
             pipe = self.client.pipeline(transaction=False)
             for keys, args, _sent, _n in calls:
                 pipe.evalsha(self._read.sha, len(keys), *keys, *args)
@@ -364,7 +367,8 @@ class OnlineReader:
                     oi[split.fresh, 0], of[split.fresh, 0] = split.fresh_ints, split.fresh_floats
             prefix = entity_key(view_prefix(self.project, view.name, view.version), b"")
             kept = [i for i, u in enumerate(full) if entries[u][0] == 1]
-            missing = [u for u in full if entries[u][0] != 1]
+            known = set(split.absent)
+            missing = [u for u in full if entries[u][0] != 1 and u not in known]
             expires = [int(entries[full[i]][5]) for i in kept]
             tails = TailFolds.read(layout, plan.open_start, entries, oi, of) if use_tail == 1 else None
             if self.cache.settle(split, synced, prefix, unique, [full[i] for i in kept], ci[kept], cf[kept],
@@ -513,9 +517,12 @@ class OnlineReader:
                 result.values[name] = values_u
             else:
                 result.values[name] = [values_u[u] for u in encoded_rows]
-            result.status[name] = spread(status_u)
-            result.age_ms[name] = spread(age_u)
-            result.defaulted[name] = no_default if defaulted_u is None else spread(defaulted_u)
+            if identity:
+                result.status[name], result.age_ms[name] = status_u, age_u
+                result.defaulted[name] = no_default if defaulted_u is None else defaulted_u
+            else:
+                result.status[name], result.age_ms[name] = spread(status_u), spread(age_u)
+                result.defaulted[name] = no_default if defaulted_u is None else spread(defaulted_u)
             result.dtypes[name] = out_type
 
     def _complex_values(self, layout, plan, item, entries, exists, use_tail, n_life, cache, now) -> list:

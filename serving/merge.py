@@ -54,6 +54,7 @@ def decode_complex_columns(layout: ViewLayout, entry) -> dict:
     return {"tiles": tiles, "tail": tail}
 
 
+@lru_cache(maxsize=256)
 def record_dtype(layout: ViewLayout) -> np.dtype:
     return np.dtype([("i", "<i8", (layout.n_int,)), ("f", "<f8", (layout.n_float,))])
 

@@ -100,9 +100,22 @@ def _plan(layout: ViewLayout, open_start: int, windows: tuple[Window, ...]) -> R
         windows=windows, window_fields=tuple(masks), window_lifetime=tuple(lifetime))
 
 
+_RECENT: dict[tuple[int, int, int], tuple[ViewLayout, tuple, ReadPlan]] = {}
+
+
 def plan_for(layout: ViewLayout, windows: tuple[Window, ...], now: int) -> ReadPlan:
-    finest = layout.resolutions[0]
-    return _plan(layout, floor_to(now, finest), windows)
+    """The plan of ``windows`` at ``now`` (a lookup asks several times: the last plans are
+    kept by identity of their layout and windows, which hashes no ``Window``)."""
+    start = floor_to(now, layout.resolutions[0])
+    key = (id(layout), id(windows), start)
+    found = _RECENT.get(key)
+    if found is not None and found[0] is layout and found[1] is windows:
+        return found[2]
+    plan = _plan(layout, start, windows)
+    if len(_RECENT) > 256:
+        _RECENT.clear()
+    _RECENT[key] = (layout, windows, plan)  # layout and windows are kept: their ids stay theirs
+    return plan
 
 
 def latest_cover(layout: ViewLayout, ttl: int, now: int) -> list[bytes]:
