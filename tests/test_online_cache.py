@@ -270,3 +270,26 @@ def test_an_expired_tail_is_not_served_from_what_is_kept(redis):
         assert _count(reader, 1, now) == (0, 2, "ok")  # the open tile's event went with its tail
     finally:
         redis.config_set("hz", hz)
+
+
+def test_fresh_hits_left_out_are_read_again_when_the_tail_stops_counting(redis):
+    """Fresh hits are left out of the read; if the tail no longer covers the open tile (a
+    bootstrap moved ``tail_from`` past its start), the view is read again in full."""
+    now = T0 + timedelta(minutes=7)
+    write(redis, [ev(1, -30, severity=2), ev(1, 6, severity=5), ev(2, 1, severity=3)], watermark=now)
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
+    fresh = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_bytes=0)
+    features = ["safety@1:reports_10m", "safety@1:severity_max_1h"]
+    want = fresh.get_online_features({"video_id": [1, 2, 3]}, features=features).values
+    assert reader.get_online_features({"video_id": [1, 2, 3]}, features=features).values == want
+    kept = reader.cache.stats.fresh
+    assert reader.get_online_features({"video_id": [1, 2, 3]}, features=features).values == want
+    assert reader.cache.stats.fresh > kept
+    view = next(v for v in SDEFS.feature_views if v.name == "safety" and v.version == 1)
+    batch = OnlineWriter(redis, "s", SDEFS, clock=lambda: us(T0)).batch()
+    batch.set_tail_from(view, us(T0 + timedelta(minutes=6)))  # the tail is complete only from 6 min on
+    batch.commit()
+    want = fresh.get_online_features({"video_id": [1, 2, 3]}, features=features).values
+    trips = reader.stats.round_trips
+    assert reader.get_online_features({"video_id": [1, 2, 3]}, features=features).values == want
+    assert reader.stats.round_trips == trips + 2  # the read without the fresh hits, then all of them
