@@ -59,9 +59,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parity.errors import ConfigError, ParityError
 from parity.registry.config import ServingConfig
-from parity.registry.durations import from_micros
 from parity.registry.online.writer import OnlineStoreUnavailable
 from parity.registry.resolve import UnknownFeatureError
+from parity.serving.answer_json import ORJSON_OPTIONS, features_json
 from parity.serving.feature_log import FeatureLogger, LoggedColumn
 from parity.serving.http_schema import FeaturesRequest, FeaturesResponse, HealthResponse, error_responses
 from parity.serving.lookup import BadRequest, OnlineReader, TooManyEntities
@@ -69,7 +69,6 @@ from parity.serving.stream_metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
 
-ORJSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 ENDPOINTS = frozenset({"/v1/features", "/v1/health", "/metrics", "/openapi.json", "/docs"})
 INLINE_ROWS = 64  # fast-path lookups of at most this many entity rows run on the event loop
@@ -163,6 +162,8 @@ class _Metrics:
             kept = cache.stats
             yield CounterMetricFamily("parity_tile_cache_hits", "Entities whose complete window parts were kept "
                                       "(only their open tile read)", kept.hits)
+            yield CounterMetricFamily("parity_tile_cache_fresh", "Hits whose open tile's fold was kept too (nothing "
+                                      "of them read)", kept.fresh)
             yield CounterMetricFamily("parity_tile_cache_misses", "Entities of cached views read in full", kept.misses)
             yield CounterMetricFamily("parity_tile_cache_rereads", "Kept entities found changed after the read, "
                                       "read again", kept.reread)
@@ -364,19 +365,6 @@ class _FastFeatures:
 
 # -- the app ------------------------------------------------------------------------------
 
-def _iso(value: Any) -> Any:
-    return from_micros(value) if type(value) is int else value
-
-
-def _column(values: list, dtype: str) -> list:
-    """Timestamp values (datetimes, or µs ints inside lists) as datetimes orjson renders ISO."""
-    if dtype == "timestamp":
-        return [_iso(v) for v in values]
-    if dtype == "list<timestamp>":
-        return [None if v is None else [_iso(x) for x in v] for v in values]
-    return values
-
-
 def _feature_set(service: str | None, features: list[str] | None) -> str:
     if service is not None:
         return service
@@ -426,20 +414,10 @@ def create_app(reader: OnlineReader, *, tokens: list[str], require_auth: bool,
             raise
         metrics.lookup.observe(time.perf_counter() - started)
         resolved = reader.resolve(body.service, features)
-        columns = {}
-        for item in resolved:
-            name = item.output_name
-            dtype = result.dtypes[name]
-            column = {"dtype": dtype, "values": _column(result.values[name], dtype), "status": result.status[name],
-                      "age_ms": result.age_ms[name]}
-            if item.feature.default is not None:
-                column["defaulted"] = result.defaulted[name]
-            columns[name] = column
         background = None
         if feature_logger is not None:
             background = BackgroundTask(_log, feature_logger, rid, body, features, result, resolved)
-        return _json({"request_id": rid, "now": from_micros(result.now_us), "rows": result.rows,
-                      "features": columns}, background=background)
+        return Response(features_json(rid, result, resolved), media_type="application/json", background=background)
 
     @app.post("/v1/features", dependencies=protected, response_model=None, tags=["features"],
               summary="Feature vectors for entities at request time",

@@ -24,7 +24,7 @@ the event served), in milliseconds; None when there is none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -40,12 +40,15 @@ from parity.registry.online.writer import OnlineStoreUnavailable, wall_clock_us
 from parity.registry.partials import finalize, merge
 from parity.registry.resolve import ResolvedFeature, UnknownFeatureError, resolve
 from parity.registry.semantics import empty_value, ingestion_lag_exceeds, latest_is_live, output_dtype
-from parity.serving.merge import decode_complex_columns, finish_numeric, fold_complete, last_before, tail_latest
+from parity.serving.merge import (
+    decode_complex_columns, finish_numeric, fold_complete, last_before, open_part, tail_latest,
+)
 from parity.serving.read_plan import READ_SCRIPT, SLOW_SCRIPT, latest_cover, plan_for
 from parity.serving.result import FeatureColumns
-from parity.serving.tile_cache import Split, TileCache
+from parity.serving.tile_cache import Split, TailFolds, TileCache
 
 STATUSES = ("ok", "missing", "expired", "stale")
+FRESH = (1, (), (), (), None)  # the reply entry of a fresh hit left out of the read (nothing to read)
 
 
 class BadRequest(ParityError):
@@ -61,6 +64,8 @@ class OnlineResult(FeatureColumns):
     """Columnar answer: per output column, values, statuses, ages (ms) and default flags."""
 
     now_us: int
+    #: output names whose columns repeat one entity's value on every row (an encoder may encode it once)
+    repeated: set[str] = field(default_factory=set, repr=False, compare=False)
 
     def to_arrow(self):
         import pyarrow as pa
@@ -152,7 +157,7 @@ class OnlineReader:
             else:
                 columns = [self._column(entities, k, rows) for k in keys]
                 span = rows
-            encoded_rows = []
+            encoded_rows: Sequence[int] = []
             unique: dict[bytes, int] = {}
             fast = None
             if len(keys) == 1 and layout.join_keys[keys[0]] in ("int32", "int64"):
@@ -166,9 +171,15 @@ class OnlineReader:
                     raise BadRequest(f"{exc} (row {r})", hint=exc.hint) from None
                 encoded_rows.append(unique.setdefault(code, len(unique)))
             if fast is not None:
-                encoded_rows = [unique.setdefault(code, len(unique)) for code in fast]
+                unique = dict(zip(fast, range(len(fast))))
+                if len(unique) == len(fast):  # all distinct (the usual ranking request): row r is entity r
+                    encoded_rows = range(len(fast))
+                else:
+                    unique = dict.fromkeys(fast)
+                    unique = dict(zip(unique, range(len(unique))))
+                    encoded_rows = list(map(unique.__getitem__, fast))
             if span == 1 and rows > 1:
-                encoded_rows = encoded_rows * rows
+                encoded_rows = [0] * rows
             work.append((view, layout, items, list(unique), encoded_rows))
         splits = [self._split(layout, items, unique, now) for (_v, layout, items, unique, _r) in work]
         replies = self._fetch(work, now, splits)
@@ -236,27 +247,43 @@ class OnlineReader:
     def _fetch(self, work, now: int, splits: Sequence[Split | None]) -> list:
         """One pipelined round trip: an EVALSHA of the read script per view (the script is
         loaded once; redis-py's Script objects would add a SCRIPT EXISTS round trip).
-        Entities whose complete part the cache keeps (``splits``) have only their tail read."""
+        Entities whose complete part the cache keeps (``splits``) have only their tail read,
+        and fresh ones (their tail's fold kept too) nothing: unless latest values are asked
+        for, they are left out of the call and get the entry :data:`FRESH`."""
         import redis
+
+        calls = []
+        for (view, layout, items, unique, _rows), split in zip(work, splits):
+            prefix = view_prefix(self.project, view.name, view.version)
+            codes, modes, sent = unique, b"", None
+            if split is not None:
+                marks = np.full(len(unique), 49, np.uint8)  # '1': read all
+                marks[split.hits] = 48  # '0': complete part kept
+                marks[split.fresh] = 51  # '3': tail fold kept too
+                marks[split.absent] = 50  # '2': known absent
+                if split.fresh and not self._shape(layout, items)[2]:
+                    sent = np.flatnonzero(marks != 51)
+                    marks = marks[sent]
+                    sent = sent.tolist()
+                    codes = [unique[u] for u in sent]
+                    split.skipped = True
+                modes = marks.tobytes() + b"."  # never empty: the script then reads its clock
+            entity = entity_key(prefix, b"")
+            keys = [meta_key(prefix), *[entity + code for code in codes]]
+            calls.append((keys, [*self._read_args(layout, items, prefix, now), modes,
+                                 *self._tail_after(layout, items, now)], sent, len(unique)))
 
         def run():
             if not self._scripts_loaded:
                 self.client.script_load(READ_SCRIPT)
                 self.client.script_load(SLOW_SCRIPT)
                 self._scripts_loaded = True
+            if len(calls) == 1:  # one view: no pipeline object
+                keys, args = calls[0][:2]
+                return [self.client.evalsha(self._read.sha, len(keys), *keys, *args)]
             pipe = self.client.pipeline(transaction=False)
-            for (view, layout, items, unique, _rows), split in zip(work, splits):
-                prefix = view_prefix(self.project, view.name, view.version)
-                keys = [meta_key(prefix)] + [entity_key(prefix, code) for code in unique]
-                modes = b""
-                if split is not None:
-                    marks = bytearray(b"1" * len(unique))
-                    for u in split.hits:
-                        marks[u] = 48  # '0': kept
-                    for u in split.absent:
-                        marks[u] = 50  # '2': known absent
-                    modes = bytes(marks)
-                pipe.evalsha(self._read.sha, len(keys), *keys, *self._read_args(layout, items, prefix, now), modes)
+            for keys, args, _sent, _n in calls:
+                pipe.evalsha(self._read.sha, len(keys), *keys, *args)
             return pipe.execute()
 
         try:
@@ -270,7 +297,21 @@ class OnlineReader:
             raise OnlineStoreUnavailable(f"online store (Redis) unreachable: {exc}",
                                          hint="check online_store.connection_string") from None
         self.stats.round_trips += 1
+        for n, (_keys, _args, sent, n_unique) in enumerate(calls):
+            if sent is not None:
+                entries = [FRESH] * n_unique
+                for u, entry in zip(sent, replies[n][1:]):
+                    entries[u] = entry
+                replies[n] = [replies[n][0], *entries]
         return replies
+
+    def _tail_after(self, layout: ViewLayout, items, now: int) -> list:
+        """The read script's last two arguments: the open tile's part after ``now``, where the
+        next event of each tail read is looked for."""
+        windows = self._shape(layout, items)[0]
+        if not windows:
+            return [0, -1]
+        return [now, plan_for(layout, windows, now).open_start + layout.resolutions[0] - 1]
 
     def _split(self, layout: ViewLayout, items, unique: list[bytes], now: int) -> Split | None:
         """The cache's hits among a view's entities (None: this view's lookup is not cached)."""
@@ -284,13 +325,14 @@ class OnlineReader:
             return None
         view = layout.view
         prefix = entity_key(view_prefix(self.project, view.name, view.version), b"")
-        return self.cache.split(layout, prefix, windows, plan.open_start, unique)
+        return self.cache.split(layout, prefix, windows, plan.open_start, unique, now)
 
     def _complete_parts(self, work, splits, replies, now: int) -> list:
         """Per view ``(reply, parts)``: the complete parts of its windows for every entity
-        (kept ones from the cache, the others folded from the reply and offered to the
-        cache), and its open tile's record columns. A view with a kept entity that changed
-        meanwhile is read again in full (a second round trip)."""
+        (kept ones from the cache, the others folded from the reply) and the open parts (kept
+        tail folds of fresh hits, the others folded from the reply); what was read is offered
+        to the cache. A view with a kept entity that changed meanwhile is read again in full
+        (a second round trip)."""
         out: list = []
         redo = []
         synced = self.cache.sync() if any(splits) else False
@@ -303,34 +345,50 @@ class OnlineReader:
             header, entries = reply[0], reply[1:]
             use_tail, n_life = int(header[2]), int(header[3])
             if split is not None and use_tail != 1:
-                split.hits = []  # the script read them in full
-            hits = split.hits if split is not None else []
-            hit_set = set(hits)
-            full = [u for u in range(len(entries)) if u not in hit_set] if hits else list(range(len(entries)))
-            (ci, cf), (oi, of) = fold_complete(layout, plan, [entries[u] for u in full] if hits else entries,
-                                               use_tail, n_life, now)
-            if split is not None:
-                kept = [i for i, u in enumerate(full) if entries[u][0] == 1]
-                prefix = entity_key(view_prefix(self.project, view.name, view.version), b"")
-                missing = [u for u in full if entries[u][0] != 1]
-                expires = [int(entries[full[i]][5]) for i in kept]
-                if self.cache.settle(split, synced, prefix, unique, [full[i] for i in kept], ci[kept], cf[kept],
-                                     expires, missing, int(header[4])):
+                if split.skipped:  # fresh hits were left out, but their tail no longer counts: read all
                     redo.append(n)
                     out.append(None)
                     continue
+                split.hits, split.fresh = [], []  # the script read them in full
+            hits = split.hits if split is not None else []
+            if not hits:
+                out.append((reply, _parts(layout, plan, entries, use_tail, n_life, now)))
+                if split is None:
+                    continue
+                full = range(len(entries))
+                (ci, cf), (oi, of) = out[-1][1]
+            else:
+                hit_set = set(hits)
+                full = [u for u in range(len(entries)) if u not in hit_set]
+                (ci, cf), (oi, of) = fold_complete(layout, plan, [entries[u] for u in full], use_tail, n_life, now)
+                oi, of = open_part(layout, entries, (np.zeros((len(entries), 0, oi.shape[2]), oi.dtype),
+                                                     np.zeros((len(entries), 0, of.shape[2]), of.dtype)))
+                if split.fresh:
+                    oi[split.fresh, 0], of[split.fresh, 0] = split.fresh_ints, split.fresh_floats
+            prefix = entity_key(view_prefix(self.project, view.name, view.version), b"")
+            kept = [i for i, u in enumerate(full) if entries[u][0] == 1]
+            known = set(split.absent)
+            missing = [u for u in full if entries[u][0] != 1 and u not in known]
+            expires = [int(entries[full[i]][5]) for i in kept]
+            tails = TailFolds.read(layout, plan.open_start, entries, oi, of) if use_tail == 1 else None
+            if self.cache.settle(split, synced, prefix, unique, [full[i] for i in kept], ci[kept], cf[kept],
+                                 expires, missing, int(header[4]), tails):
+                redo.append(n)
+                if hits:
+                    out.append(None)
+                else:
+                    out[-1] = None
+                continue
             if hits:
                 ci, cf = _scatter(ci, full, split.hit_ints, hits), _scatter(cf, full, split.hit_floats, hits)
-                oi = np.zeros((len(entries),) + oi.shape[1:], oi.dtype)
-                of = np.zeros((len(entries),) + of.shape[1:], of.dtype)
-            out.append((reply, ((ci, cf), (oi, of))))
+                out.append((reply, ((ci, cf), (oi, of))))
         if redo:
             again = self._fetch([work[n] for n in redo], now, [None] * len(redo))
             for n, reply in zip(redo, again):
                 layout, items = work[n][1], work[n][2]
                 header = reply[0]
                 plan = plan_for(layout, self._shape(layout, items)[0], now)
-                out[n] = (reply, fold_complete(layout, plan, reply[1:], int(header[2]), int(header[3]), now))
+                out[n] = (reply, _parts(layout, plan, reply[1:], int(header[2]), int(header[3]), now))
         return out
 
     def _shape(self, layout: ViewLayout, items: list[ResolvedFeature]) -> tuple:
@@ -384,13 +442,27 @@ class OnlineReader:
         merged = None
         if windows:
             plan = plan_for(layout, windows, now)
-            merged = finish_numeric(layout, plan, part[0], part[1], entries, exists_list, now, wanted)
+            merged = finish_numeric(layout, plan, part[0], part[1], exists_list, now, wanted)
         complex_cache: dict[int, list] = {}
         latest_cache: list | None = None
         ages_entity = merged["age"] if merged else [None] * len(entries)
         present = "stale" if stale else "ok"
         windowed_status = [present if e else "missing" for e in exists_list]
-        identity = len(encoded_rows) == len(entries) and all(u == r for r, u in enumerate(encoded_rows))
+        n = len(encoded_rows)
+        identity = n == len(entries)  # entities are numbered in order of first appearance: all distinct
+        single = not identity and len(entries) == 1
+        spread_cache: dict[int, tuple[list, list]] = {}
+        no_default = [False] * n
+
+        def spread(column: list) -> list:
+            """A per-entity column on the request's rows; one list per column object, shared by
+            the features of this view (their statuses and ages are the entity's)."""
+            found = spread_cache.get(id(column))
+            if found is None:
+                rows = column * n if single else column if identity else [column[u] for u in encoded_rows]
+                found = spread_cache[id(column)] = (column, rows)  # the column is kept: its id stays unique
+            return found[1]
+
         slow_latest: dict[int, list] | None = None
         for item, name, feature, agg, out_type, pos, ttl, is_complex in meta:
             if feature.window is None:
@@ -438,23 +510,19 @@ class OnlineReader:
                     if st in ("missing", "expired"):
                         values_u[u] = feature.default
                         defaulted_u[u] = True
-            if len(values_u) == 1:  # one entity for every row (e.g. the user of a ranking request)
-                n = len(encoded_rows)
+            if single:  # one entity for every row (e.g. the user of a ranking request)
                 result.values[name] = values_u * n
-                result.status[name] = status_u * n
-                result.age_ms[name] = age_u * n
-                result.defaulted[name] = (defaulted_u if defaulted_u is not None else [False]) * n
+                result.repeated.add(name)
             elif identity:
                 result.values[name] = values_u
-                result.status[name] = status_u
-                result.age_ms[name] = age_u
-                result.defaulted[name] = defaulted_u if defaulted_u is not None else [False] * len(values_u)
             else:
                 result.values[name] = [values_u[u] for u in encoded_rows]
-                result.status[name] = [status_u[u] for u in encoded_rows]
-                result.age_ms[name] = [age_u[u] for u in encoded_rows]
-                result.defaulted[name] = ([defaulted_u[u] for u in encoded_rows] if defaulted_u is not None
-                                          else [False] * len(encoded_rows))
+            if identity:
+                result.status[name], result.age_ms[name] = status_u, age_u
+                result.defaulted[name] = no_default if defaulted_u is None else defaulted_u
+            else:
+                result.status[name], result.age_ms[name] = spread(status_u), spread(age_u)
+                result.defaulted[name] = no_default if defaulted_u is None else spread(defaulted_u)
             result.dtypes[name] = out_type
 
     def _complex_values(self, layout, plan, item, entries, exists, use_tail, n_life, cache, now) -> list:
@@ -524,6 +592,12 @@ def layout_window(layout: ViewLayout, item: ResolvedFeature):
 
 def _complex(layout: ViewLayout, item: ResolvedFeature) -> bool:
     return item.feature.name in layout.complex_names
+
+
+def _parts(layout: ViewLayout, plan, entries, use_tail: int, n_life: int, now: int) -> tuple:
+    """``((ints, floats) complete (E, W, ·), (ints, floats) open (E, 1, ·))`` of fully read entries."""
+    complete, opened = fold_complete(layout, plan, entries, use_tail, n_life, now)
+    return complete, open_part(layout, entries, opened)
 
 
 def _scatter(fresh: np.ndarray, at: list[int], kept: np.ndarray, kept_at: list[int]) -> np.ndarray:

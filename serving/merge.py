@@ -54,6 +54,7 @@ def decode_complex_columns(layout: ViewLayout, entry) -> dict:
     return {"tiles": tiles, "tail": tail}
 
 
+@lru_cache(maxsize=256)
 def record_dtype(layout: ViewLayout) -> np.dtype:
     return np.dtype([("i", "<i8", (layout.n_int,)), ("f", "<f8", (layout.n_float,))])
 
@@ -104,17 +105,22 @@ def tail_records(layout: ViewLayout, entries) -> tuple[np.ndarray, np.ndarray]:
     return records["i"], records["f"]
 
 
-def fold_columns(layout: ViewLayout, ints: np.ndarray, floats: np.ndarray, masks: np.ndarray):
+def fold_columns(layout: ViewLayout, ints: np.ndarray, floats: np.ndarray, masks: np.ndarray | None):
     """Fold each window's columns: ``ints (E, C, n_int)``, ``floats (E, C, n_float)`` and
-    ``masks (W, C)`` (bool) give the merged records ``(E, W, n_int)``, ``(E, W, n_float)``."""
+    ``masks (W, C)`` (bool; None: one window of every column) give the merged records
+    ``(E, W, n_int)``, ``(E, W, n_float)``."""
     n_ent, n_cols = ints.shape[0], ints.shape[1]
-    n_win = masks.shape[0]
+    n_win = 1 if masks is None else masks.shape[0]
     if n_cols == 0 or n_ent == 0:
         return (np.zeros((n_ent, n_win, layout.n_int), np.int64), np.zeros((n_ent, n_win, layout.n_float), np.float64))
-    out_i = np.matmul(masks.astype(np.int64), ints)  # additive slots; the others are replaced below
-    out_f = np.matmul(masks.astype(np.float64), floats) if layout.n_float else \
-        np.zeros((n_ent, n_win, 0), np.float64)
-    inside = masks[None, :, :]
+    if masks is None:  # additive slots; the others are replaced below
+        out_i, out_f = ints.sum(axis=1, keepdims=True), floats.sum(axis=1, keepdims=True)
+        inside = np.ones((1, 1, n_cols), dtype=bool)
+    else:
+        out_i = np.matmul(masks.astype(np.int64), ints)
+        out_f = np.matmul(masks.astype(np.float64), floats) if layout.n_float else \
+            np.zeros((n_ent, n_win, 0), np.float64)
+        inside = masks[None, :, :]
     stamps = np.where(ints[:, :, ROWS] > 0, ints[:, :, MAX_TS], LOWEST)
     newest = np.where(inside, stamps[:, None, :], LOWEST).max(axis=2)
     out_i[:, :, MAX_TS] = np.where(out_i[:, :, ROWS] > 0, newest, 0)
@@ -188,17 +194,28 @@ def window_values(layout: ViewLayout, windows: tuple, ints: np.ndarray, floats: 
     window, and each entity's age (its newest event in any of the windows)."""
     values: dict[str, list] = {}
     columns: dict[int, tuple[list, list]] = {}  # per window: its slots as Python lists
+    per_slot = ints.shape[0] > 16  # many entities: convert only the slots read (few: a window at once is cheaper)
     for name, kind, w, int_slots, float_slots, is_bool in _extractors(layout, windows, wanted):
-        found = columns.get(w)
-        if found is None:
-            found = columns[w] = (ints[:, w, :].T.tolist(), floats[:, w, :].T.tolist())
-        si, sf = found
+        if per_slot:
+            si, sf = _Slots(ints[:, w]), _Slots(floats[:, w])
+        else:
+            found = columns.get(w)
+            if found is None:
+                found = columns[w] = (ints[:, w, :].T.tolist(), floats[:, w, :].T.tolist())
+            si, sf = found
         if kind == "int":
             values[name] = si[int_slots[0]]
         elif kind == "float":
             values[name] = sf[float_slots[0]]
-        elif kind == "mean":
+        elif kind == "mean" and not per_slot:
             values[name] = [t / c if c else None for t, c in zip(sf[float_slots[0]], si[int_slots[0]])]
+        elif kind == "mean":
+            counts = ints[:, w, int_slots[0]]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                means = (floats[:, w, float_slots[0]] / counts).tolist()
+            for u in np.flatnonzero(counts == 0).tolist():
+                means[u] = None
+            values[name] = means
         else:
             if kind == "float_extreme":
                 present, best = si[int_slots[0]], sf[float_slots[0]]
@@ -210,8 +227,26 @@ def window_values(layout: ViewLayout, windows: tuple, ints: np.ndarray, floats: 
         newest = np.where(ints[:, :, ROWS] > 0, ints[:, :, MAX_TS], LOWEST).max(axis=1)
     else:
         newest = np.full(ints.shape[0], LOWEST)
-    ages = [None if n == LOWEST or not e else (now - n) / 1000.0 for n, e in zip(newest.tolist(), exists)]
+    if not per_slot:
+        ages = [None if n == LOWEST or not e else (now - n) / 1000.0 for n, e in zip(newest.tolist(), exists)]
+        return {"values": values, "age": ages}
+    none = (newest == LOWEST) | ~np.asarray(exists, dtype=bool)
+    ages = ((now - np.where(none, now, newest)) / 1000.0).tolist()
+    for u in np.flatnonzero(none).tolist():
+        ages[u] = None
     return {"values": values, "age": ages}
+
+
+class _Slots:
+    """``slots[k]``: slot ``k`` of records ``(E, slots)`` as a Python list."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: np.ndarray) -> None:
+        self.records = records
+
+    def __getitem__(self, k: int) -> list:
+        return self.records[:, k].tolist()
 
 
 def reply_columns(plan: ReadPlan, use_tail: int, n_life: int, now: int) -> tuple[int, int]:
@@ -241,7 +276,28 @@ def split_columns(ints, floats, n_fields: int, open_cols: int, n_cols: int):
 
 def fold_open(layout: ViewLayout, ints, floats):
     """The open part's one record per entity, shaped ``(E, 1, ·)`` to fold into every window."""
-    return fold_columns(layout, ints, floats, np.ones((1, ints.shape[1]), dtype=bool))
+    return fold_columns(layout, ints, floats, None)
+
+
+def open_part(layout: ViewLayout, entries, open_records) -> tuple[np.ndarray, np.ndarray]:
+    """``(ints, floats)`` ``(E, 1, ·)``: each entry's open part, the fold of its open tile's
+    record column (``open_records``, ``(E, 0 or 1, ·)``: when the tail is not complete) and
+    its tail events before ``now``."""
+    ti, tf = tail_records(layout, entries)
+    oi, of = open_records
+    if oi.shape[1]:
+        ti, tf = np.concatenate([oi, ti], axis=1), np.concatenate([of, tf], axis=1)
+    return fold_open(layout, ti, tf)
+
+
+def tail_span(entry, open_start: int, open_end: int) -> tuple[int, int]:
+    """``(lo, hi)``: the instants ``now`` for which the fold of ``entry``'s tail events before
+    its lookup's ``now`` stays the same: after its newest event, up to its next event in the
+    open tile (the read script's 7th item), or the tile's end."""
+    tail, after = entry[2], entry[6]
+    lo = ORDER.unpack_from(tail[-1])[0] + 1 if tail else open_start
+    hi = ORDER.unpack_from(after[0])[0] if after else open_end
+    return lo, hi
 
 
 def fold_complete(layout: ViewLayout, plan: ReadPlan, entries, use_tail: int, n_life: int, now: int):
@@ -254,15 +310,9 @@ def fold_complete(layout: ViewLayout, plan: ReadPlan, entries, use_tail: int, n_
     return (ci, cf), (oi, of)
 
 
-def finish_numeric(layout: ViewLayout, plan: ReadPlan, complete, open_records, entries, exists, now: int,
-                   wanted) -> dict:
+def finish_numeric(layout: ViewLayout, plan: ReadPlan, complete, opened, exists, now: int, wanted) -> dict:
     """Window values of every wanted numeric feature for every entity, plus entity ages:
-    the complete parts ``(E, W, ·)`` folded with the open part (the open tile's record
-    columns and the tail events of ``entries``)."""
-    ti, tf = tail_records(layout, entries)
-    oi, of = open_records
-    if oi.shape[1]:
-        ti, tf = np.concatenate([oi, ti], axis=1), np.concatenate([of, tf], axis=1)
-    oi, of = fold_open(layout, ti, tf)
-    fi, ff = fold_pair(layout, complete[0], complete[1], oi, of)
+    the complete parts ``(E, W, ·)`` folded with the open parts ``(E, 1, ·)``
+    (:func:`open_part`)."""
+    fi, ff = fold_pair(layout, complete[0], complete[1], opened[0], opened[1])
     return window_values(layout, plan.windows, fi, ff, exists, now, wanted)

@@ -28,12 +28,16 @@ from parity.registry.semantics import Window, feature_window, tile_cover
 
 # One call per view. KEYS: the view's meta hash, then one entity hash per entity. ARGV: the
 # view prefix, the cover's fields, the open tile's field, the tail's score range, the lifetime
-# prefix, whether complex and latest partials are wanted, and one mode character per entity:
-# '0' when serving keeps the entity's complete part (tile_cache.py; only its tail and latest
-# values are read, and only while the tail covers the open tile), '2' when serving knows its
-# hash does not exist (nothing is read), anything else reads it all. With modes, the reply
-# also carries the server's clock (ms) and each fully read hash's expiry time (PEXPIRETIME):
-# a kept part is only used while its hash has not expired, even if Redis has not reclaimed it.
+# prefix, whether complex and latest partials are wanted, one mode character per entity, and
+# the range after ``now`` in the open tile. Modes (tile_cache.py): '0' when serving keeps the
+# entity's complete part (only its tail and latest values are read, and only while the tail
+# covers the open tile), '3' when it keeps its tail's fold too (only latest values are read),
+# '2' when serving knows its hash does not exist (nothing is read), anything else reads it all
+# (the modes end with one more character, so they are not empty even when every entity is left out).
+# With modes, the reply also carries the server's clock (ms), each fully read hash's expiry
+# time (PEXPIRETIME), and for each tail read the first event after it in the open tile (the
+# instant up to which its fold holds) and the tail's expiry time: a kept part is only used
+# while its keys have not expired, even if Redis has not reclaimed them.
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,22 @@ def _plan(layout: ViewLayout, open_start: int, windows: tuple[Window, ...]) -> R
         windows=windows, window_fields=tuple(masks), window_lifetime=tuple(lifetime))
 
 
+_RECENT: dict[tuple[int, int, int], tuple[ViewLayout, tuple, ReadPlan]] = {}
+
+
 def plan_for(layout: ViewLayout, windows: tuple[Window, ...], now: int) -> ReadPlan:
-    finest = layout.resolutions[0]
-    return _plan(layout, floor_to(now, finest), windows)
+    """The plan of ``windows`` at ``now`` (a lookup asks several times: the last plans are
+    kept by identity of their layout and windows, which hashes no ``Window``)."""
+    start = floor_to(now, layout.resolutions[0])
+    key = (id(layout), id(windows), start)
+    found = _RECENT.get(key)
+    if found is not None and found[0] is layout and found[1] is windows:
+        return found[2]
+    plan = _plan(layout, start, windows)
+    if len(_RECENT) > 256:
+        _RECENT.clear()
+    _RECENT[key] = (layout, windows, plan)  # layout and windows are kept: their ids stay theirs
+    return plan
 
 
 def latest_cover(layout: ViewLayout, ttl: int, now: int) -> list[bytes]:
@@ -125,6 +142,7 @@ local open_field, tail_lo, tail_hi = ARGV[i], ARGV[i + 1], ARGV[i + 2]
 local life_res, life_end = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
 local want_complex, want_latest = ARGV[i + 5] == '1', ARGV[i + 6] == '1'
 local modes = ARGV[i + 7] or ''
+local next_lo, tail_end = ARGV[i + 8], ARGV[i + 9]
 local meta = redis.call('HMGET', KEYS[1], 'watermark', 'tail_from', 'min_ts')
 local use_tail = 0
 if open_field ~= '' and (not meta[2] or tonumber(tail_lo) >= tonumber(meta[2])) then use_tail = 1 end
@@ -144,14 +162,20 @@ local out = {{meta[1] or false, meta[2] or false, use_tail, n_life, clock[1] * 1
 for k = 2, #KEYS do
   local h = KEYS[k]
   local mode = string.byte(modes, k - 1)
-  local kept = use_tail == 1 and mode == 48
+  local kept = use_tail == 1 and (mode == 48 or mode == 51)
+  local t = prefix .. 't:' .. string.sub(h, #prefix + 3)
   local entry
   if kept then entry = {1} elseif mode == 50 then entry = {0} else entry = {redis.call('EXISTS', h)} end
   if kept then
     entry[2] = {}
-    entry[3] = redis.call('ZRANGEBYSCORE', prefix .. 't:' .. string.sub(h, #prefix + 3), tail_lo, tail_hi)
+    if mode == 51 then entry[3] = {} else entry[3] = redis.call('ZRANGEBYSCORE', t, tail_lo, tail_hi) end
     entry[4] = {}
     if want_latest then entry[5] = redis.call('HGET', h, 'L') or false else entry[5] = false end
+    if mode == 48 then
+      entry[6] = false
+      entry[7] = redis.call('ZRANGEBYSCORE', t, next_lo, tail_end, 'LIMIT', 0, 1)
+      entry[8] = redis.call('PEXPIRETIME', t)
+    end
   elseif entry[1] == 1 then
     local present = {}
     if #read > 0 then
@@ -162,13 +186,19 @@ for k = 2, #KEYS do
     end
     entry[2] = present
     if use_tail == 1 then
-      entry[3] = redis.call('ZRANGEBYSCORE', prefix .. 't:' .. string.sub(h, #prefix + 3), tail_lo, tail_hi)
+      entry[3] = redis.call('ZRANGEBYSCORE', t, tail_lo, tail_hi)
     else
       entry[3] = {}
     end
     if want_complex and #cx > 0 then entry[4] = redis.call('HMGET', h, unpack(cx)) else entry[4] = {} end
     if want_latest then entry[5] = redis.call('HGET', h, 'L') or false else entry[5] = false end
-    if modes ~= '' then entry[6] = redis.call('PEXPIRETIME', h) end
+    if modes ~= '' then
+      entry[6] = redis.call('PEXPIRETIME', h)
+      if use_tail == 1 then
+        entry[7] = redis.call('ZRANGEBYSCORE', t, next_lo, tail_end, 'LIMIT', 0, 1)
+        entry[8] = redis.call('PEXPIRETIME', t)
+      end
+    end
   end
   out[#out + 1] = entry
 end

@@ -22,8 +22,8 @@ from batch_fixtures import BASE, DEFS, events
 from parity.embedded import redis_client
 from parity.registry.durations import to_micros
 from parity.registry.online.accumulate import EventEvaluator, TileBuilder
-from parity.registry.online.keys import entity_key, view_prefix
-from parity.registry.online.writer import OnlineWriter
+from parity.registry.online.keys import entity_key, tail_key, view_prefix
+from parity.registry.online.writer import ORDER, OnlineWriter
 from parity.serving.lookup import OnlineReader
 from test_online_oracle import dyadic, expected_age, nows_for
 from test_online_statuses import DEFS as SDEFS, T0, ev, us, write
@@ -211,3 +211,85 @@ def test_a_cache_of_zero_bytes_reads_everything(redis):
     reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_bytes=0)
     assert reader.cache is None
     assert _count(reader, 1, now) == (1, 3, "ok")
+
+
+def _append_to_tail(redis, video: int, minutes: float, severity: int) -> None:
+    """What a writer that only appends to the open tile's tail does: one ZADD, the entity's
+    hash untouched (so only the tail's own invalidation can tell a kept reader)."""
+    writer = OnlineWriter(redis, "s", SDEFS, clock=lambda: us(T0))
+    view = next(v for v in SDEFS.feature_views if v.name == "safety" and v.version == 1)
+    layout = writer.layout(view)
+    row = ev(video, minutes, severity=severity)
+    event = EventEvaluator(SDEFS, view, layout).evaluate(row, 0, 10_000 + int(minutes * 1000))
+    member = ORDER.pack(event.ts, event.partition, event.offset) + layout.encode_numeric(event.value) \
+        + layout.encode_complex(event.value)
+    redis.zadd(tail_key(view_prefix("s", "safety", 1), b"i%d;" % video), {member: event.ts})
+
+
+def test_a_tail_written_after_a_kept_read_is_seen(redis):
+    """The open tile's fold is kept too (a fresh hit reads nothing): a write to the tail
+    alone, the hash untouched, must reach the next lookup."""
+    now = T0 + timedelta(minutes=7)
+    write(redis, [ev(1, -30, severity=2), ev(1, 6, severity=1)], watermark=now)
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
+    assert _count(reader, 1, now) == (1, 2, "ok")
+    fresh = reader.cache.stats.fresh
+    assert _count(reader, 1, now) == (1, 2, "ok")
+    assert reader.cache.stats.fresh > fresh  # nothing of the entity was read
+    hash_before = redis.hgetall(entity_key(view_prefix("s", "safety", 1), b"i1;"))
+    _append_to_tail(redis, 1, 6.5, severity=8)
+    assert redis.hgetall(entity_key(view_prefix("s", "safety", 1), b"i1;")) == hash_before
+    assert _count(reader, 1, now) == (2, 8, "ok")
+    assert _count(reader, 1, now) == (2, 8, "ok")
+
+
+def test_a_kept_tail_fold_holds_only_between_its_events(redis):
+    """An event stamped after ``now`` (ahead of the clock) is in the tail but not in the
+    answer; once ``now`` passes it (same open tile, no write) it counts, and a lookup in the
+    past (before an event it folded) does not count it."""
+    write(redis, [ev(1, 6), ev(1, 8, severity=9)], watermark=T0 + timedelta(minutes=9))
+    reader = OnlineReader(redis, "s", SDEFS, cache_min_entities=1)
+    at = [T0 + timedelta(minutes=m) for m in (7, 7.5, 8.5, 9, 6.5, 5.5, 9.5)]
+    want = [(1, 1), (1, 1), (2, 9), (2, 9), (1, 1), (0, None), (2, 9)]
+    for now, (count, severity) in zip(at, want):
+        assert _count(reader, 1, now)[:2] == (count, severity), now
+    assert reader.cache.stats.fresh > 0
+
+
+def test_an_expired_tail_is_not_served_from_what_is_kept(redis):
+    now = T0 + timedelta(minutes=7)
+    write(redis, [ev(1, -30, severity=2), ev(1, 6, severity=5)], watermark=now)
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
+    redis.pexpire(tail_key(view_prefix("s", "safety", 1), b"i1;"), 400)
+    assert _count(reader, 1, now) == (1, 5, "ok")
+    assert _count(reader, 1, now) == (1, 5, "ok")
+    hz = redis.config_get("hz")["hz"]
+    redis.config_set("hz", 1)  # reclaim expired keys at most once a second: the expiry time decides first
+    try:
+        time.sleep(0.5)
+        assert _count(reader, 1, now) == (0, 2, "ok")  # the open tile's event went with its tail
+    finally:
+        redis.config_set("hz", hz)
+
+
+def test_fresh_hits_left_out_are_read_again_when_the_tail_stops_counting(redis):
+    """Fresh hits are left out of the read; if the tail no longer covers the open tile (a
+    bootstrap moved ``tail_from`` past its start), the view is read again in full."""
+    now = T0 + timedelta(minutes=7)
+    write(redis, [ev(1, -30, severity=2), ev(1, 6, severity=5), ev(2, 1, severity=3)], watermark=now)
+    reader = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_min_entities=1)
+    fresh = OnlineReader(redis, "s", SDEFS, clock=lambda: us(now), cache_bytes=0)
+    features = ["safety@1:reports_10m", "safety@1:severity_max_1h"]
+    want = fresh.get_online_features({"video_id": [1, 2, 3]}, features=features).values
+    assert reader.get_online_features({"video_id": [1, 2, 3]}, features=features).values == want
+    kept = reader.cache.stats.fresh
+    assert reader.get_online_features({"video_id": [1, 2, 3]}, features=features).values == want
+    assert reader.cache.stats.fresh > kept
+    view = next(v for v in SDEFS.feature_views if v.name == "safety" and v.version == 1)
+    batch = OnlineWriter(redis, "s", SDEFS, clock=lambda: us(T0)).batch()
+    batch.set_tail_from(view, us(T0 + timedelta(minutes=6)))  # the tail is complete only from 6 min on
+    batch.commit()
+    want = fresh.get_online_features({"video_id": [1, 2, 3]}, features=features).values
+    trips = reader.stats.round_trips
+    assert reader.get_online_features({"video_id": [1, 2, 3]}, features=features).values == want
+    assert reader.stats.round_trips == trips + 2  # the read without the fresh hits, then all of them

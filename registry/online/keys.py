@@ -60,9 +60,9 @@ def encode_ints(dtype: str, values: Sequence[Any]) -> list[bytes] | None:
     lookups of hundreds of entities); None when any value is not a valid one (encode them one
     by one then, for the error)."""
     bound = 2**31 if dtype == "int32" else 2**63
-    if not values or not all(type(v) is int for v in values) or not -bound <= min(values) <= max(values) < bound:
+    if not values or set(map(type, values)) != {int} or not -bound <= min(values) <= max(values) < bound:
         return None
-    return [b"i%d;" % v for v in values]
+    return list(map(b"i%d;".__mod__, values))
 
 
 def encode_entity(join_keys: Mapping[str, str], values: Sequence[Any]) -> bytes:
