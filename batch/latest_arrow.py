@@ -102,10 +102,10 @@ def latest_values(group: LatestGroup, rows, point_keys: list, t, mode: str) -> l
     nkeys = len(point_keys)
     codes, point_codes, ncodes = encode_keys([rows.column(i) for i in range(nkeys)], point_keys)
     ts = rows.column("__ts").to_numpy()
-    g = rows.column("__g").to_numpy() if mode == "as_served" else ts + 1
-    snapshot = "__p" not in rows.column_names
-    p = np.full(len(ts), -1, dtype=np.int64) if snapshot else rows.column("__p").to_numpy()
-    o = np.zeros(len(ts), dtype=np.int64) if snapshot else rows.column("__o").to_numpy()
+    g = rows.column("__g").to_numpy() if mode == "as_served" else None  # event time: ts + 1, not needed
+    snapshot = "__p" not in rows.column_names  # every row's ingest order is (-1, 0): no tie breaks
+    p = None if snapshot else rows.column("__p").to_numpy()
+    o = None if snapshot else rows.column("__o").to_numpy()
     # as served, rows visible when they happen (snapshots) count as in event time: one order is enough
     as_served = mode == "as_served" and not np.array_equal(g, ts + 1)
     columns = sorted({item.feature.column for item, _ in group.features})
@@ -127,7 +127,7 @@ def latest_values(group: LatestGroup, rows, point_keys: list, t, mode: str) -> l
             chosen = None if eligible.all() else np.flatnonzero(eligible)
 
             def pick(a, chosen=chosen):
-                return a if chosen is None else a[chosen]
+                return a if chosen is None or a is None else a[chosen]
 
             row = newest_counting(pick(codes), pick(ts), pick(g), pick(p), pick(o), ncodes, point_codes, t, as_served)
             if chosen is not None and len(chosen):
@@ -186,10 +186,11 @@ def encode_keys(row_keys: list, point_keys: list):
 
 
 def lex_order(*keys):
-    """The permutation sorting rows by ``keys`` (most significant first), or None when they
-    already are sorted (checked in one pass per key, no sort)."""
+    """The permutation sorting rows by ``keys`` (most significant first; None keys are left
+    out), or None when they already are sorted (checked in one pass per key, no sort)."""
     import numpy as np
 
+    keys = tuple(key for key in keys if key is not None)
     n = len(keys[0])
     if n > 1:
         before = np.zeros(n - 1, dtype=bool)  # row i sorts strictly before row i + 1
@@ -218,10 +219,6 @@ def last_before(values, start, end, point_codes, t, inclusive: bool):
 
     has = point_codes >= 0
     code = np.where(has, point_codes, 0)
-    if len(values) == len(start) and end[-1] == len(values) and (end - start).min() == 1:
-        # one row per code: row i is code i, no search
-        probe = values[code]
-        return np.where(has & ((probe <= t) if inclusive else (probe < t)), code, -1)
     first = np.where(has, start[code], 0)
     if (end - start).max() <= 1:  # at most one row per code: no search
         probe = values[np.minimum(first, len(values) - 1)]
@@ -243,7 +240,7 @@ def last_before(values, start, end, point_codes, t, inclusive: bool):
 def newest_counting(codes, ts, g, p, o, ncodes: int, point_codes, t, as_served: bool):
     """For each point, the row (an index into these arrays) that is the newest ``(ts, p, o)``
     of its code among those counting at ``t``, or -1: counting means ``ts < t`` in event
-    time, ``g <= t`` as served."""
+    time, ``g <= t`` as served. ``p`` and ``o`` may be None (every row's are equal)."""
     import numpy as np
 
     if len(codes) == 0:
@@ -251,6 +248,10 @@ def newest_counting(codes, ts, g, p, o, ncodes: int, point_codes, t, as_served: 
     order = lex_order(codes, ts, p, o)
     if not as_served:
         if order is None:  # already sorted (a snapshot written in key order): no gathers
+            if len(codes) == ncodes and codes[0] == 0 and (codes[:-1] < codes[1:]).all():
+                # and one row per code: row i has code i, no search
+                has = point_codes >= 0
+                return np.where(has & (ts[np.where(has, point_codes, 0)] < t), point_codes, -1)
             start, end = segments(codes, ncodes)
             return last_before(ts, start, end, point_codes, t, inclusive=False)
         start, end = segments(codes[order], ncodes)
