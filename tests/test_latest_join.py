@@ -245,3 +245,34 @@ def test_the_dispatch_rule():
     assert choose("arrow", DEFS, group, 10**12, 1, 1) == "arrow"
     with pytest.raises(ParityError):
         choose("pandas", DEFS, group, 1, 1, 1)
+
+
+def test_composite_string_and_bool_keys_on_both_paths():
+    """An entity keyed by (string, bool): null keys never match, both paths agree with the rule."""
+    from datetime import datetime, timedelta
+
+    from parity.registry.models import Source
+
+    source = Source(name="kv", schema={"a": "string", "b": "bool", "kind": "string", "ts": "timestamp"},
+                    timestamp_field="ts")
+    view = FeatureView(name="k", entity="e", source="kv", owner="t",
+                       features=[Feature(name="kind", agg="last", column="kind", ttl="2h")])
+    defs = Definitions(entities=[Entity(name="e", join_keys={"a": "string", "b": "bool"})], sources=[source],
+                       feature_views=[view])
+    t = datetime(2026, 1, 10, 12)
+    schema = pa.schema([("a", pa.string()), ("b", pa.bool_()), ("kind", pa.string()), ("ts", pa.timestamp("us")),
+                        ("_ingested_at", pa.timestamp("us")), ("_applied_at", pa.timestamp("us")),
+                        ("_partition", pa.int32()), ("_offset", pa.int64())])
+    rows = [{"a": a, "b": b, "kind": kind, "ts": t - timedelta(minutes=ago), "_ingested_at": t, "_applied_at": None,
+             "_partition": 0, "_offset": i}
+            for i, (a, b, kind, ago) in enumerate([("x", True, "k1", 10), ("x", True, "k2", 5), ("x", False, "k3", 1),
+                                                   ("y", True, "k4", 200), ("", None, "k5", 1)])]
+    spine = pa.Table.from_pylist([{"a": a, "b": b, "ts": t} for a, b in
+                                  [("x", True), ("x", False), ("y", True), ("z", True), (None, True), ("", None)]])
+    for mode in ("event_time", "as_served"):
+        for latest in ("arrow", "duckdb"):
+            con = connect()
+            con.register("kv_arrow", pa.Table.from_pylist(rows, schema=schema))
+            got = run_training_set(con, defs, resolve(defs, features=["k:*"]), spine, lambda source: "kv_arrow",
+                                   mode=mode, latest=latest)
+            assert got.column("k__kind").to_pylist() == ["k2", "k3", None, None, None, None], (mode, latest)
