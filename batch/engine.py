@@ -139,12 +139,20 @@ def _execute(con, statement: str, phase: str):
 
 def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], spine: Any,
                      scan_of: Callable[[str], str], *, mode: str = "event_time", timestamp_column: str = "ts",
-                     out: str | Path | None = None, progress: bool = False, phases: Phases | None = None):
-    """Compute a training set; return an Arrow table, or write Parquet to ``out`` and return its path."""
+                     out: str | Path | None = None, progress: bool = False, phases: Phases | None = None,
+                     latest: str = "auto"):
+    """Compute a training set; return an Arrow table, or write Parquet to ``out`` and return its path.
+
+    ``latest`` says where latest values are computed: ``"auto"`` (in memory when the view's
+    rows fit, :func:`parity.batch.latest_arrow.choose`), ``"arrow"`` or ``"duckdb"``.
+    """
+    from parity.batch.latest_arrow import PATHS
     from parity.batch.training_set import MODES, float_scales, plan_groups, prepare_spine
 
     if mode not in MODES:
         raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
+    if latest not in PATHS:
+        raise ParityError(f"unknown latest-value path {latest!r}", hint=f"use one of {', '.join(PATHS)}")
     phases = phases if phases is not None else Phases()
     started = time.perf_counter()
     scales = float_scales(con, defs, resolved, scan_of, mode)
@@ -163,16 +171,99 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         phases.record("spine", started)
         if bar:
             bar.update(1)
+        rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+        def latest_path(group) -> str:
+            return _latest_path(con, defs, group, scan_of, rows, latest)
+
         if direct is not None:
+            if latest_path(direct) == "arrow":
+                return _run_direct_arrow(con, defs, direct, scan_of, mode, columns, timestamp_column, out, phases,
+                                         bar)
             result = _run_direct(con, defs, direct, scan_of, mode, columns, table, out, phases, bar)
             if result is not None:
                 return result
             con.execute("DROP VIEW __spine")  # some spine row sees two rows of its key: the general plan
             prepare_spine(con, defs, resolved, table, timestamp_column)
-        return _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar)
+        return _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path)
     finally:
         if bar:
             bar.close()
+
+
+def _latest_path(con, defs, group, scan_of, points: int, requested: str) -> str:
+    """``"arrow"`` or ``"duckdb"`` for a view's latest values (:func:`parity.batch.latest_arrow.choose`,
+    on the rows of the view's scan and DuckDB's memory limit)."""
+    from parity.batch.latest_arrow import choose
+
+    if requested != "auto":
+        return choose(requested, defs, group, 0, 0, 0)
+    rows = con.execute(f"SELECT count(*) FROM {scan_of(group.view.source)}").fetchall()[0][0]
+    limit = _bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+    return choose(requested, defs, group, rows, points, limit)
+
+
+def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column, out, phases, bar):
+    """A view's latest values in memory (:mod:`parity.batch.latest_arrow`) at every spine row:
+    the spine read once in file order, the values found in that order, set beside it."""
+    import pyarrow as pa
+
+    from parity.batch.latest_arrow import BATCH_ROWS, latest_values, rows_sql
+    from parity.batch.training_set import events_sql
+
+    began = time.perf_counter()
+    name = f"features: {group.view.name} v{group.view.version} latest values in memory, from the spine"
+    if bar:
+        bar.set_postfix_str(name)
+    join_keys = defs.entity(group.view.entity).join_keys
+    spine = ordered_scan(con, f"SELECT {', '.join(q(c) for c in columns)}, __row FROM __spine")
+    found = _keys_and_times(spine, join_keys, timestamp_column)
+    if found is None:  # keys or times of other types: DuckDB casts them, as for every other path
+        typed = ordered_scan(con, f"SELECT {', '.join(q('__k_' + k) for k in join_keys)}, __t, __row FROM __spine")
+        found = typed.columns[:len(join_keys)], typed.column("__t").to_numpy()
+    rows = con.sql(rows_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), mode)) \
+        .to_arrow_table(BATCH_ROWS)
+    values = latest_values(group, rows, *found, mode)
+    result = pa.Table.from_arrays(spine.columns[:len(columns)] + values,
+                                  names=[*columns, *(item.output_name for item, _ in group.features)])
+    if out is not None:
+        _write_in_order(con, result, out, name)
+        result = Path(out)
+    phases.record(name, began)
+    if bar:
+        bar.update(2)
+    return result
+
+
+def _keys_and_times(spine, join_keys: dict[str, str], timestamp_column: str):
+    """The spine's join keys and times (int64 microseconds) straight from its Arrow columns,
+    when they already have the keys' types and microsecond timestamps; else None."""
+    import pyarrow as pa
+
+    from parity.registry.types import arrow_type
+
+    keys = []
+    for key, dtype in join_keys.items():
+        column = spine.column(key)
+        if column.type != arrow_type(dtype):
+            return None
+        keys.append(column)
+    times = spine.column(timestamp_column)
+    if not (pa.types.is_timestamp(times.type) and times.type.unit == "us"):
+        return None
+    return keys, times.cast(pa.int64()).to_numpy()
+
+
+def _write_in_order(con, table, out: str | Path, phase: str) -> None:
+    """Write an Arrow table to Parquet with DuckDB (the writer of every other path), rows in order."""
+    target = str(out).replace("'", "''")
+    con.register("__result_arrow", table)
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        _execute(con, f"COPY (SELECT * FROM __result_arrow) TO '{target}' (FORMAT parquet)", phase)
+    finally:
+        con.execute("SET preserve_insertion_order = false")
+        con.unregister("__result_arrow")
 
 
 def _direct_group(groups: list):
@@ -218,7 +309,7 @@ def _run_direct(con, defs, group, scan_of, mode, columns, table, out, phases, ba
     return result
 
 
-def ordered_scan(con, sql: str):
+def ordered_scan(con, sql: str, batch_size: int = 1 << 22):
     """``sql`` (a scan with a ``__row`` column) as Arrow in ``__row`` order, without ``__row``.
 
     With insertion order preserved, DuckDB returns a scan in file order; the row numbers
@@ -228,7 +319,7 @@ def ordered_scan(con, sql: str):
 
     con.execute("SET preserve_insertion_order = true")
     try:
-        table = con.sql(sql).to_arrow_table()
+        table = con.sql(sql).to_arrow_table(batch_size)
     finally:
         con.execute("SET preserve_insertion_order = false")
     rows = table.column("__row").to_numpy()
@@ -249,24 +340,33 @@ def in_spine_order(table):
     return table.drop_columns(["__row"]).take(pa.array(order))
 
 
-def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar):
+def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path):
     """The general plan: one relation per group of features, joined to the spine."""
     from parity.batch.training_set import training_set_sql
 
     counter = iter(range(10_000))
 
-    def fill(relation: str, name: str, setup: list[str], selects: list[str]) -> None:
+    def fill(relation: str, name: str, setup: list[str], selects: list[str], arrow=None) -> None:
+        for statement in setup:
+            _execute(con, statement, name)
+        if arrow is not None:
+            con.register("__step_arrow", arrow(con))
+            try:
+                _execute(con, f"CREATE OR REPLACE TEMP TABLE {relation} AS SELECT * FROM __step_arrow", name)
+            finally:
+                con.unregister("__step_arrow")
+            return
         statements = [f"CREATE OR REPLACE TEMP TABLE {relation} AS {selects[0]}"]
         statements += [f"INSERT INTO {relation} {select}" for select in selects[1:]]
-        for statement in [*setup, *statements]:
+        for statement in statements:
             _execute(con, statement, name)
 
-    def step(name: str, setup: list[str], selects: list[str], fallback=None) -> str:
+    def step(name: str, setup: list[str], selects: list[str], fallback=None, arrow=None) -> str:
         began = time.perf_counter()
         relation = f"__group{next(counter)}"
         if bar:
             bar.set_postfix_str(name)
-        fill(relation, name, setup, selects)
+        fill(relation, name, setup, selects, arrow)
         if fallback is not None:
             check, other, more, others = fallback
             if not con.execute(check.format(relation=relation)).fetchall()[0][0]:
@@ -278,7 +378,8 @@ def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out,
         return relation
 
     sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step,
-                           chunks=merge_chunks(con, resolved, table), scales=scales, ordered=out is not None)
+                           chunks=merge_chunks(con, resolved, table), scales=scales, ordered=out is not None,
+                           latest_path=latest_path)
     began = time.perf_counter()
     if bar:
         bar.set_postfix_str("assemble")

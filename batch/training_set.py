@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 from parity.batch.aggregates import feature_partials, finish, q, spec_of
 from parity.batch.latest import LatestGroup, latest_eligible, latest_join_sql
+from parity.batch.latest_arrow import latest_table
 from parity.batch.prefix import PrefixGroup, exact_float_scales, prefix_eligible, prefix_sql
 from parity.batch.recent import RecentGroup, recent_eligible, recent_sql
 from parity.errors import ParityError
@@ -342,14 +343,19 @@ def float_scales(con, defs: Definitions, resolved: list[ResolvedFeature], scan_o
 
 def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
                      mode: str, user_columns: list[str], *, step: Callable[..., str],
-                     chunks: int = 1, scales: Scales | None = None, ordered: bool = True) -> str:
+                     chunks: int = 1, scales: Scales | None = None, ordered: bool = True,
+                     latest_path: Callable[[LatestGroup], str] = lambda group: "duckdb") -> str:
     """The final SELECT: the spine's columns, then each feature, in spine order (``ordered``),
     or in any order with the spine's row number ``__row`` last (for the caller to order).
 
-    ``step(name, setup, sql, fallback)`` runs a group's setup statements, materialises its
-    SELECT and returns the relation's name (the engine times each step and shows progress).
-    ``fallback``, when not None, is ``(check, name, setup, sql)``: if the query ``check``
-    (``{relation}`` names the relation) is false, the relation is remade from those.
+    ``step(name, setup, sql, fallback, arrow=None)`` runs a group's setup statements,
+    materialises its SELECT and returns the relation's name (the engine times each step and
+    shows progress). ``fallback``, when not None, is ``(check, name, setup, sql)``: if the
+    query ``check`` (``{relation}`` names the relation) is false, the relation is remade from
+    those. ``arrow``, when not None, replaces the SELECT: a function of the connection
+    returning the relation's rows as an Arrow table. ``latest_path(group)`` says where a
+    view's latest values are computed: ``"arrow"`` (in memory,
+    :mod:`parity.batch.latest_arrow`) or ``"duckdb"``.
     """
     if mode not in MODES:
         raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
@@ -365,13 +371,17 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
             points_of[group.view.entity] = points
         points = points_of[group.view.entity]
         events = events_sql(defs, group.view, scan_of(group.view.source))
-        fallback = None
+        fallback = arrow = None
         if isinstance(group, PrefixGroup):
             more, sql = prefix_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} running totals ({len(group.features)} features)"
         elif isinstance(group, RecentGroup):
             more, sql = recent_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} last values of {group.column} ({len(group.features)} features)"
+        elif isinstance(group, LatestGroup) and latest_path(group) == "arrow":
+            name = f"{group.view.name} v{group.view.version} latest values in memory ({len(group.features)} features)"
+            more, sql = [], []
+            arrow = (lambda con, g=group, e=events, p=points: latest_table(con, defs, g, e, p, mode))
         elif isinstance(group, LatestGroup):
             more = []
             sql = [latest_join_sql(defs, group, events, points, mode, [f"p.{k}" for k in keys] + ["p.__t"],
@@ -386,7 +396,7 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
         else:
             more, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}", chunks, points)
             name = f"{group.view.name} v{group.view.version} ({len(group.features)} features)"
-        relation = step(name, setup + more, sql, fallback)
+        relation = step(name, setup + more, sql, fallback, arrow=arrow)
         alias = f"g{index}"
         on = " AND ".join([f"{alias}.{k} IS NOT DISTINCT FROM s.{k}" for k in keys] + [f"{alias}.__t = s.__t"])
         joins.append(f"LEFT JOIN {relation} {alias} ON {on}")

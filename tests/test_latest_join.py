@@ -1,11 +1,17 @@
-"""Latest values by hash join (one row per key) equal the oracle, and fall back to the history
-when some spine row sees two rows of its key: straight from the spine (a plan of latest
-values only, in memory and to Parquet) and as one group among others, in both modes."""
+"""Latest values equal the oracle on both paths, in both modes, straight from the spine (a plan
+of latest values only; result in memory and to Parquet) and as one group among others:
+
+- DuckDB: a hash join (one row per key) that falls back to the history when some spine row
+  sees two rows of its key;
+- in memory (Arrow and NumPy, :mod:`parity.batch.latest_arrow`): any number of rows per key;
+  plus its key encoding and search on random keys of every kind, against a naive search,
+  and the dispatch rule between the two."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,20 +47,20 @@ def one_per_key(rows):
     return kept
 
 
-def compute(rows, spine, mode, resolved, out=None):
+def compute(rows, spine, mode, resolved, out=None, latest="duckdb"):
     con = connect()
     con.register("events_arrow", pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
     phases = Phases()
     table = pa.Table.from_pylist(spine, schema=SPINE_SCHEMA)
     got = run_training_set(con, DEFS, resolved, table, lambda source: "events_arrow", mode=mode, out=out,
-                           phases=phases)
+                           phases=phases, latest=latest)
     if out is not None:
         got = pq.read_table(got)
     return got.to_pylist(), list(phases.seconds)
 
 
-def check(rows, spine, mode, resolved, out=None):
-    got, phases = compute(rows, spine, mode, resolved, out)
+def check(rows, spine, mode, resolved, out=None, latest="duckdb"):
+    got, phases = compute(rows, spine, mode, resolved, out, latest)
     events_ = [{**r, "_ts": r["ts"], "_visible": r["_applied_at"] or r["_ingested_at"],
                 "_order": (r["_partition"], r["_offset"])} for r in rows]
     assert len(got) == len(spine)
@@ -127,3 +133,146 @@ def test_forced_paths_by_hand():
     got, phases = compute([row, older], spine, "event_time", ONLY_LATEST)
     assert "features: p v1 latest values from history (4 features)" in phases
     assert got[0]["p__kind"] == "a"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), mode=MODES, to_file=st.booleans(), single=st.booleans())
+def test_in_memory_from_the_spine_equals_the_oracle(data, mode, to_file, single, tmp_path_factory):
+    rows = data.draw(events())
+    rows = one_per_key(rows) if single else rows
+    out = tmp_path_factory.mktemp("ts") / "out.parquet" if to_file else None
+    phases = check(rows, data.draw(spines(rows)), mode, ONLY_LATEST, out, latest="arrow")
+    assert phases == ["plan", "spine", "features: p v1 latest values in memory, from the spine"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), mode=MODES)
+def test_in_memory_among_others_equals_the_oracle(data, mode):
+    rows = data.draw(events())
+    phases = check(rows, data.draw(spines(rows)), mode, MIXED, latest="arrow")
+    assert "features: p v1 latest values in memory (4 features)" in phases
+
+
+def test_both_paths_write_the_same_parquet(tmp_path):
+    """Same schema and values whether the latest values come from DuckDB or from memory."""
+    from datetime import datetime, timedelta
+
+    t = datetime(2026, 1, 10, 12, 0)
+    rows = [{"user_id": u, "kind": k, "amount": 20 + u, "score": 0.5 * u, "ts": t - timedelta(minutes=10 * u),
+             "_ingested_at": t, "_applied_at": None, "_partition": -1, "_offset": u} for u, k in [(1, "a"), (2, None)]]
+    spine = [{"user_id": u, "ts": t, "label": i} for i, u in enumerate((2, 1, 3, None))]
+    tables = {}
+    for latest in ("duckdb", "arrow"):
+        got, _ = compute(rows, spine, "event_time", ONLY_LATEST, tmp_path / f"{latest}.parquet", latest)
+        tables[latest] = pq.read_table(tmp_path / f"{latest}.parquet")
+        assert got[1]["p__amount_a"] == 21
+    assert tables["arrow"].schema == tables["duckdb"].schema
+    assert tables["arrow"].equals(tables["duckdb"])
+
+
+def naive_newest(codes, ts, g, p, o, point_codes, t, as_served):
+    """Per point: the index of the greatest (ts, p, o) among rows of its code counting at t."""
+    out = []
+    for c, at in zip(point_codes, t):
+        best = -1
+        for i in range(len(codes)):
+            counts = (g[i] <= at) if as_served else (ts[i] < at)
+            if c >= 0 and codes[i] == c and counts and (best < 0 or (ts[i], p[i], o[i]) > (ts[best], p[best], o[best])):
+                best = i
+        out.append(best)
+    return out
+
+
+KEY_VALUES = {
+    "int64": st.integers(-3, 3) | st.sampled_from([-2**62, 2**62]),
+    "string": st.sampled_from(["a", "b", "", "ü"]),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), kinds=st.lists(st.sampled_from(sorted(KEY_VALUES)), min_size=1, max_size=3),
+       as_served=st.booleans())
+def test_in_memory_search_equals_a_naive_search(data, kinds, as_served):
+    """Keys of every kind (integers over a short or a huge range, strings, composite), ties and
+    out-of-order rows: the codes match keys exactly, and each point finds the newest counting row."""
+    import numpy as np
+
+    from parity.batch.latest_arrow import encode_keys, newest_counting
+
+    n = data.draw(st.integers(0, 25))
+    m = data.draw(st.integers(1, 10))
+    row_keys = [data.draw(st.lists(KEY_VALUES[k], min_size=n, max_size=n)) for k in kinds]
+    point_keys = [data.draw(st.lists(KEY_VALUES[k] | st.none(), min_size=m, max_size=m)) for k in kinds]
+    types = {"int64": pa.int64(), "string": pa.string()}
+    codes, point_codes, ncodes = encode_keys([pa.chunked_array([pa.array(v, types[k])]) for v, k in zip(row_keys, kinds)],
+                                             [pa.chunked_array([pa.array(v, types[k])]) for v, k in zip(point_keys, kinds)])
+    rows_of = list(zip(*row_keys)) if n else []
+    for i, key in enumerate(zip(*point_keys)):
+        if key in rows_of:
+            assert point_codes[i] == codes[rows_of.index(key)]
+        else:  # no row has the key: -1, or a code no row has
+            assert point_codes[i] == -1 or point_codes[i] not in codes
+    for i in range(n):
+        for j in range(n):
+            assert (codes[i] == codes[j]) == (rows_of[i] == rows_of[j])
+    assert all(0 <= c < ncodes for c in codes)
+    small = st.integers(0, 6)
+    ts = np.array(data.draw(st.lists(small, min_size=n, max_size=n)), dtype=np.int64)
+    g = ts + 1 + (np.array(data.draw(st.lists(small, min_size=n, max_size=n)), dtype=np.int64) if as_served else 0)
+    p = np.array(data.draw(st.lists(st.integers(-1, 1), min_size=n, max_size=n)), dtype=np.int64)
+    o = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), dtype=np.int64)
+    t = np.array(data.draw(st.lists(st.integers(-1, 14), min_size=m, max_size=m)), dtype=np.int64)
+    got = newest_counting(codes, ts, g, p, o, ncodes, point_codes, t, as_served)
+    want = naive_newest(codes, ts, g, p, o, point_codes, t, as_served)
+    # equal (ts, p, o) rows are the same event for the semantics: compare what they are, not where
+    for a, b in zip(got, want):
+        assert (a == -1) == (b == -1)
+        if a >= 0:
+            assert (codes[a], ts[a], p[a], o[a]) == (codes[b], ts[b], p[b], o[b])
+
+
+def test_the_dispatch_rule():
+    """In memory exactly when the working set fits an eighth of the memory limit; forced paths win."""
+    from parity.batch.latest_arrow import MEMORY_SHARE, choose, working_set
+    from parity.batch.training_set import plan_groups
+    from parity.errors import ParityError
+
+    group = plan_groups(ONLY_LATEST, "event_time", DEFS)[0]
+    need = working_set(DEFS, group, 1_000_000, 1_000_000)
+    assert choose("auto", DEFS, group, 1_000_000, 1_000_000, need * MEMORY_SHARE) == "arrow"
+    assert choose("auto", DEFS, group, 1_000_000, 1_000_000, need * MEMORY_SHARE - 1) == "duckdb"
+    assert choose("duckdb", DEFS, group, 1, 1, 10**12) == "duckdb"
+    assert choose("arrow", DEFS, group, 10**12, 1, 1) == "arrow"
+    with pytest.raises(ParityError):
+        choose("pandas", DEFS, group, 1, 1, 1)
+
+
+def test_composite_string_and_bool_keys_on_both_paths():
+    """An entity keyed by (string, bool): null keys never match, both paths agree with the rule."""
+    from datetime import datetime, timedelta
+
+    from parity.registry.models import Source
+
+    source = Source(name="kv", schema={"a": "string", "b": "bool", "kind": "string", "ts": "timestamp"},
+                    timestamp_field="ts")
+    view = FeatureView(name="k", entity="e", source="kv", owner="t",
+                       features=[Feature(name="kind", agg="last", column="kind", ttl="2h")])
+    defs = Definitions(entities=[Entity(name="e", join_keys={"a": "string", "b": "bool"})], sources=[source],
+                       feature_views=[view])
+    t = datetime(2026, 1, 10, 12)
+    schema = pa.schema([("a", pa.string()), ("b", pa.bool_()), ("kind", pa.string()), ("ts", pa.timestamp("us")),
+                        ("_ingested_at", pa.timestamp("us")), ("_applied_at", pa.timestamp("us")),
+                        ("_partition", pa.int32()), ("_offset", pa.int64())])
+    rows = [{"a": a, "b": b, "kind": kind, "ts": t - timedelta(minutes=ago), "_ingested_at": t, "_applied_at": None,
+             "_partition": 0, "_offset": i}
+            for i, (a, b, kind, ago) in enumerate([("x", True, "k1", 10), ("x", True, "k2", 5), ("x", False, "k3", 1),
+                                                   ("y", True, "k4", 200), ("", None, "k5", 1)])]
+    spine = pa.Table.from_pylist([{"a": a, "b": b, "ts": t} for a, b in
+                                  [("x", True), ("x", False), ("y", True), ("z", True), (None, True), ("", None)]])
+    for mode in ("event_time", "as_served"):
+        for latest in ("arrow", "duckdb"):
+            con = connect()
+            con.register("kv_arrow", pa.Table.from_pylist(rows, schema=schema))
+            got = run_training_set(con, defs, resolve(defs, features=["k:*"]), spine, lambda source: "kv_arrow",
+                                   mode=mode, latest=latest)
+            assert got.column("k__kind").to_pylist() == ["k2", "k3", None, None, None, None], (mode, latest)

@@ -1,4 +1,5 @@
-"""DuckDB training sets equal the naive oracle on random events, in both modes.
+"""DuckDB training sets equal the naive oracle on random events, in both modes, with the
+latest values computed both in memory (Arrow) and by DuckDB.
 
 Random events: out-of-order arrival, equal timestamps, nulls, several entities, filters,
 derived columns, windows of all three hop classes plus an overridden hop, lifetime,
@@ -10,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,12 +20,16 @@ from batch_fixtures import DEFS, EVENT_SCHEMA, RESOLVED, events, spines
 from oracle import close, feature_value
 
 
-def compute(rows, spine, mode):
+LATEST_PATHS = pytest.mark.parametrize("latest", ["arrow", "duckdb"])
+
+
+def compute(rows, spine, mode, latest="auto"):
     con = connect()
     con.register("events_arrow", pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
     table = pa.Table.from_pylist(spine, schema=pa.schema([("user_id", pa.int64()), ("ts", pa.timestamp("us")),
                                                           ("label", pa.int64())]))
-    return run_training_set(con, DEFS, RESOLVED, table, lambda source: "events_arrow", mode=mode).to_pylist()
+    return run_training_set(con, DEFS, RESOLVED, table, lambda source: "events_arrow", mode=mode,
+                            latest=latest).to_pylist()
 
 
 def oracle_rows(rows, spine, mode):
@@ -39,8 +45,8 @@ def oracle_rows(rows, spine, mode):
     return out
 
 
-def check(rows, spine, mode):
-    got = compute(rows, spine, mode)
+def check(rows, spine, mode, latest):
+    got = compute(rows, spine, mode, latest)
     want = oracle_rows(rows, spine, mode)
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
@@ -49,18 +55,20 @@ def check(rows, spine, mode):
             assert close(g[column], w[column]), (mode, i, column, g[column], w[column], spine[i])
 
 
+@LATEST_PATHS
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_event_time_training_set_equals_oracle(data):
+def test_event_time_training_set_equals_oracle(data, latest):
     rows = data.draw(events())
-    check(rows, data.draw(spines(rows)), "event_time")
+    check(rows, data.draw(spines(rows)), "event_time", latest)
 
 
+@LATEST_PATHS
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_as_served_training_set_equals_oracle(data):
+def test_as_served_training_set_equals_oracle(data, latest):
     rows = data.draw(events())
-    check(rows, data.draw(spines(rows)), "as_served")
+    check(rows, data.draw(spines(rows)), "as_served", latest)
 
 
 def test_a_worked_example_by_hand():
