@@ -297,9 +297,11 @@ class RegistryStore(ABC):
 
 
 class SqliteStore(RegistryStore):
-    """A registry in one SQLite file: WAL journal, ``BEGIN IMMEDIATE`` writes, 10 s busy timeout."""
+    """A registry in one SQLite file: WAL journal, ``BEGIN IMMEDIATE`` writes, 30 s busy timeout
+    (a commit holds the lock for milliseconds, but its fsync can stall for seconds while
+    another job floods the disk)."""
 
-    BUSY_TIMEOUT_S = 10.0
+    BUSY_TIMEOUT_S = 30.0
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path, self.location = path, str(path)
