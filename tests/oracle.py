@@ -123,3 +123,18 @@ def close(a, b, rel: float = 1e-9) -> bool:
             return a is b
         return abs(a - b) <= rel * max(abs(a), abs(b)) or a == b
     return a == b
+
+
+def online_cells(result, defs, events: list[dict], key: str, ids: list, t: datetime):
+    """Every cell of an online lookup ``result`` (entities ``{key: ids}`` at ``t``), checked
+    exactly against :func:`feature_value`; yields ``(name, view, feature, i, id, want)`` for
+    the caller's status and age checks."""
+    for name in result.names:
+        view_name, feature_name = name.split("__")
+        view = defs.view(view_name)
+        feature = view.feature(feature_name)
+        for i, entity in enumerate(ids):
+            want = feature_value(view, feature, events, {key: entity}, t)
+            got = result.values[name][i]
+            assert close(want, got, rel=0.0), (name, entity, t, want, got)
+            yield name, view, feature, i, entity, want

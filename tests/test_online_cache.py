@@ -79,22 +79,15 @@ def check_all(reader, rows, now_dt) -> None:
     now = to_micros(now_dt)
     result = reader.get_online_features({"user_id": KEYS}, features=CACHED, now=now)
     seen = {r["user_id"] for r in rows}
-    for name in result.names:
-        view_name, feature_name = name.split("__")
-        view = DEFS.view(view_name)
-        feature = view.feature(feature_name)
-        for i, uid in enumerate(KEYS):
-            want = oracle.feature_value(view, feature, rows, {"user_id": uid}, now_dt)
-            got = result.values[name][i]
-            assert oracle.close(want, got, rel=0.0), (name, uid, now_dt, want, got)
-            status = result.status[name][i]
-            if feature.window is None:
-                mine = [r for r in rows if r["user_id"] == uid and r.get(feature.column) is not None]
-                assert status == ("missing" if not mine else "expired" if want is None else "ok"), (name, uid, status)
-            else:
-                assert status == ("ok" if uid in seen else "missing"), (name, uid, now_dt, status)
-                if status == "ok":
-                    assert result.age_ms[name][i] == expected_age(view, rows, uid, now, list(view.features))
+    for name, view, feature, i, uid, want in oracle.online_cells(result, DEFS, rows, "user_id", KEYS, now_dt):
+        status = result.status[name][i]
+        if feature.window is None:
+            mine = [r for r in rows if r["user_id"] == uid and r.get(feature.column) is not None]
+            assert status == ("missing" if not mine else "expired" if want is None else "ok"), (name, uid, status)
+        else:
+            assert status == ("ok" if uid in seen else "missing"), (name, uid, now_dt, status)
+            if status == "ok":
+                assert result.age_ms[name][i] == expected_age(view, rows, uid, now, list(view.features))
 
 
 @st.composite

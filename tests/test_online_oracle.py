@@ -94,19 +94,12 @@ def check(redis, rows, nows, clock, known):
     for now_dt in nows:
         now = to_micros(now_dt)
         result = reader.get_online_features({"user_id": KEYS}, features=["u:*", "o:*"], now=now)
-        for name in result.names:
-            view_name, feature_name = name.split("__")
-            view = DEFS.view(view_name)
-            feature = view.feature(feature_name)
-            for i, uid in enumerate(KEYS):
-                want = oracle.feature_value(view, feature, rows, {"user_id": uid}, now_dt)
-                got = result.values[name][i]
-                assert oracle.close(want, got, rel=0.0), (name, uid, now_dt, want, got)
-                status = result.status[name][i]
-                assert status == expected_status(view, feature, rows, uid, now, want, known), (name, uid, now_dt, status)
-                if feature.window is not None and status != "missing":
-                    age = expected_age(view, rows, uid, now, [f for f in view.features])
-                    assert result.age_ms[name][i] == age, (name, uid, now_dt, result.age_ms[name][i], age)
+        for name, view, feature, i, uid, want in oracle.online_cells(result, DEFS, rows, "user_id", KEYS, now_dt):
+            status = result.status[name][i]
+            assert status == expected_status(view, feature, rows, uid, now, want, known), (name, uid, now_dt, status)
+            if feature.window is not None and status != "missing":
+                age = expected_age(view, rows, uid, now, [f for f in view.features])
+                assert result.age_ms[name][i] == age, (name, uid, now_dt, result.age_ms[name][i], age)
 
 
 def nows_for(draw, rows):
