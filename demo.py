@@ -109,9 +109,8 @@ def run(config: str = "feature_store.yaml") -> int:
 def _values(store, entities: dict, names: list[str]) -> dict[str, list[tuple]]:
     """``{feature: [(value, status), ...]}`` of an online lookup, in entity order."""
     result = store.get_online_features(entities, features=names).to_dict()
-    return {name.replace(":", "__"): list(zip(result[name.replace(":", "__")],
-                                              result[name.replace(":", "__") + "__status"]))
-            for name in names}
+    columns = [name.replace(":", "__") for name in names]
+    return {column: list(zip(result[column], result[column + "__status"])) for column in columns}
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ def _run_direct(con, defs, group, scan_of, mode, columns, table, out, phases, ba
     return result
 
 
-def ordered_scan(con, sql: str, batch_size: int = 1 << 22):
+def ordered_scan(con, sql: str):
     """``sql`` (a scan with a ``__row`` column) as Arrow in ``__row`` order, without ``__row``.
 
     With insertion order preserved, DuckDB returns a scan in file order; the row numbers
@@ -317,9 +317,11 @@ def ordered_scan(con, sql: str, batch_size: int = 1 << 22):
     """
     import numpy as np
 
+    from parity.batch.latest_arrow import BATCH_ROWS
+
     con.execute("SET preserve_insertion_order = true")
     try:
-        table = con.sql(sql).to_arrow_table(batch_size)
+        table = con.sql(sql).to_arrow_table(BATCH_ROWS)
     finally:
         con.execute("SET preserve_insertion_order = false")
     rows = table.column("__row").to_numpy()

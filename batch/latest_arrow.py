@@ -34,6 +34,7 @@ from parity.registry.durations import parse_duration
 from parity.registry.expr import parse, render_sql
 from parity.registry.models import Definitions
 from parity.registry.schema import view_schema
+from parity.registry.semantics import latest_is_live
 from parity.registry.types import DUCKDB_TYPES, NUMERIC_TYPES
 
 PATHS = ("auto", "arrow", "duckdb")
@@ -137,7 +138,7 @@ def latest_values(group: LatestGroup, rows, point_keys: list, t, mode: str) -> l
         if (key, ttl) not in taken:
             row = found[key]
             safe = np.maximum(row, 0)
-            live = (row >= 0) & (ts[safe] >= t - ttl) if len(ts) else row >= 0
+            live = (row >= 0) & latest_is_live(ts[safe], t, ttl) if len(ts) else row >= 0
             taken[key, ttl] = pa.array(safe, mask=~live) if live.any() else None
         indices = taken[key, ttl]
         out.append(pa.chunked_array([pa.nulls(len(t), values.type)]) if indices is None else values.take(indices))
@@ -269,8 +270,6 @@ def newest_counting(codes, ts, g, p, o, ncodes: int, point_codes, t, as_served: 
     start, end = segments(codes[by_visibility], ncodes)
     at = last_before(g[by_visibility], start, end, point_codes, t, inclusive=True)
     return np.where(at >= 0, order[newest[np.maximum(at, 0)]], -1)
-
-
 
 
 def latest_table(con, defs: Definitions, group: LatestGroup, events: str, points: str, mode: str):

@@ -179,9 +179,8 @@ class OfflineLog:
         """The earliest date partition holding a data file (None: the log is empty)."""
         import datetime as dt
 
-        days = sorted(d.name[len(PARTITION_PREFIX):] for d in self.source_dir(source).glob(f"{PARTITION_PREFIX}*")
-                      if any(d.glob("*.parquet")))
-        return dt.date.fromisoformat(days[0]) if days else None
+        files = self.files(source)  # sorted: date=YYYY-MM-DD folders sort by date
+        return dt.date.fromisoformat(files[0].parent.name[len(PARTITION_PREFIX):]) if files else None
 
     def batch_ids(self, source: Source) -> set[str]:
         return {path.stem for path in self.files(source)}

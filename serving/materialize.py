@@ -60,8 +60,8 @@ def _ranges(folder: Path, view: FeatureView) -> list[dict]:
     return json.loads(path.read_text())["ranges"]
 
 
-def _backfilled_until(folder: Path, view: FeatureView) -> int:
-    return max(to_micros(datetime.fromisoformat(r["end"])) for r in _ranges(folder, view))
+def _backfilled_until(ranges: Sequence[dict]) -> int:
+    return max(to_micros(datetime.fromisoformat(r["end"])) for r in ranges)
 
 
 def coverage_gaps(ranges: Sequence[dict], needed_from: int, until: int) -> list[tuple[int, int]]:
@@ -201,9 +201,10 @@ def materialize(writer: OnlineWriter, defs: Definitions, tiles_root: Path, views
     for index, view in enumerate(chosen):
         layout = writer.layout(view)
         folder = tiles_view_dir(tiles_root, view)
-        watermark = _backfilled_until(folder, view)
+        ranges = _ranges(folder, view)
+        watermark = _backfilled_until(ranges)
         needed = _needed_from(view, defs, log, now)
-        gaps = [] if needed is None else coverage_gaps(_ranges(folder, view), needed, min(watermark, now))
+        gaps = [] if needed is None else coverage_gaps(ranges, needed, min(watermark, now))
         written = skipped = 0
         latest: dict[tuple, TileValue] = {}
         batch = writer.batch()

@@ -59,16 +59,13 @@ def record_dtype(layout: ViewLayout) -> np.dtype:
     return np.dtype([("i", "<i8", (layout.n_int,)), ("f", "<f8", (layout.n_float,))])
 
 
-def present_records(layout: ViewLayout, entries, n_cols: int, tails: bool) -> tuple[np.ndarray, np.ndarray]:
+def present_records(layout: ViewLayout, entries, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ints, floats)`` of shape ``(entities, columns, slots)``: each entry's present
-    ``(column, record)`` pairs placed at their column (the rest stay zero records), then,
-    with ``tails``, its tail events' records after ``n_cols`` columns."""
+    ``(column, record)`` pairs placed at their column (the rest stay zero records); tail
+    events are :func:`tail_records`'."""
     width = layout.width
-    t_max = max((len(e[2]) for e in entries if e[0] == 1), default=0) if tails else 0
-    total = n_cols + t_max
-    row_bytes = total * width
+    row_bytes = n_cols * width
     buf = bytearray(len(entries) * row_bytes)
-    head, end = ORDER.size, ORDER.size + width
     for u, entry in enumerate(entries):
         if entry[0] != 1:
             continue
@@ -77,12 +74,7 @@ def present_records(layout: ViewLayout, entries, n_cols: int, tails: bool) -> tu
         for i in range(0, len(present), 2):
             off = base + (present[i] - 1) * width
             buf[off:off + width] = present[i + 1]
-        if tails:
-            off = base + n_cols * width
-            for member in entry[2]:
-                buf[off:off + width] = member[head:end]
-                off += width
-    records = np.frombuffer(buf, dtype=record_dtype(layout)).reshape(len(entries), total)
+    records = np.frombuffer(buf, dtype=record_dtype(layout)).reshape(len(entries), n_cols)
     return records["i"], records["f"]
 
 
@@ -274,11 +266,6 @@ def split_columns(ints, floats, n_fields: int, open_cols: int, n_cols: int):
     return (ints[:, complete], floats[:, complete]), (ints[:, opened], floats[:, opened])
 
 
-def fold_open(layout: ViewLayout, ints, floats):
-    """The open part's one record per entity, shaped ``(E, 1, ·)`` to fold into every window."""
-    return fold_columns(layout, ints, floats, None)
-
-
 def open_part(layout: ViewLayout, entries, open_records) -> tuple[np.ndarray, np.ndarray]:
     """``(ints, floats)`` ``(E, 1, ·)``: each entry's open part, the fold of its open tile's
     record column (``open_records``, ``(E, 0 or 1, ·)``: when the tail is not complete) and
@@ -287,7 +274,7 @@ def open_part(layout: ViewLayout, entries, open_records) -> tuple[np.ndarray, np
     oi, of = open_records
     if oi.shape[1]:
         ti, tf = np.concatenate([oi, ti], axis=1), np.concatenate([of, tf], axis=1)
-    return fold_open(layout, ti, tf)
+    return fold_columns(layout, ti, tf, None)  # one record per entity, (E, 1, ·): folds into every window
 
 
 def tail_span(entry, open_start: int, open_end: int) -> tuple[int, int]:
@@ -304,7 +291,7 @@ def fold_complete(layout: ViewLayout, plan: ReadPlan, entries, use_tail: int, n_
     """For fully read entries: ``(ints, floats)`` of each window's folded complete part
     ``(E, W, ·)``, and ``(ints, floats)`` of the open tile's record column ``(E, 0 or 1, ·)``."""
     open_cols, n_cols = reply_columns(plan, use_tail, n_life, now)
-    ints, floats = present_records(layout, entries, n_cols, tails=False)
+    ints, floats = present_records(layout, entries, n_cols)
     (ci, cf), (oi, of) = split_columns(ints, floats, len(plan.fields), open_cols, n_cols)
     ci, cf = fold_columns(layout, ci, cf, complete_masks(plan, n_life))
     return (ci, cf), (oi, of)
