@@ -13,8 +13,9 @@ holds the events with ``tile_start <= ts < tile_start + resolution`` and
 ``start <= ts < end`` of the run.
 
 Work is done per UTC date: a run over ``[start, end)`` recomputes every date it touches
-from the log (events before ``end``), one date at a time, and replaces that date's file
-atomically, so re-running a range replaces it and nothing is counted twice. The resolutions are
+from the log (events before ``end``), each date on its own (as many dates side by side as
+DuckDB has threads, each on its own cursor), and replaces that date's file atomically, so
+re-running a range replaces it and nothing is counted twice. The resolutions are
 :func:`parity.registry.semantics.tile_resolutions`: the ones the online store keeps.
 
 **Handoff** (``--handoff``): the seam with the stream engine is cut in Kafka offsets, not in
@@ -37,6 +38,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,6 +121,9 @@ def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], 
     def scan_for(name: str) -> str:
         return _cut_scan(scan_of(name), cuts[name]["applied"]) if name in cuts else scan_of(name)
     days = range(first_day, last_day + 1, DAY)
+    # dates run side by side, one per DuckDB thread: a date's scan is one or two Parquet row
+    # groups, so one date at a time leaves cores idle
+    workers = max(1, min(len(days), int(con.execute("SELECT current_setting('threads')").fetchone()[0])))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -127,7 +132,7 @@ def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], 
     for view in chosen:
         if bar:
             bar.set_postfix_str(f"{view.name} v{view.version}")
-        done = _backfill_view(con, defs, root, scan_for, view, days, end_us, bar)
+        done = _backfill_view(con, defs, root, scan_for, view, days, end_us, bar, workers)
         for res, (files, tiles, seconds) in done.items():
             summary.files += files
             summary.tiles += tiles
@@ -141,8 +146,9 @@ def backfill(con, defs: Definitions, root: Path, scan_of: Callable[[str], str], 
     return summary
 
 
-def _backfill_view(con, defs, root, scan_of, view, days, end_us, bar) -> dict[int, tuple[int, int, float]]:
-    """Every tile set of one view, one UTC date at a time: resolution -> (files, tiles, seconds).
+def _backfill_view(con, defs, root, scan_of, view, days, end_us, bar, workers: int = 1) -> dict[int, tuple[int, int, float]]:
+    """Every tile set of one view, each UTC date on its own, ``workers`` dates side by side:
+    resolution -> (files, tiles, seconds; seconds summed over the dates, so they can exceed the wall time).
 
     A tile never crosses a date (resolutions divide a day), so each date is aggregated on
     its own: the hash tables hold one day's tiles (about 30 times fewer than the month's:
@@ -160,32 +166,43 @@ def _backfill_view(con, defs, root, scan_of, view, days, end_us, bar) -> dict[in
     resolutions = tile_resolutions(view)
     stats = {res: [0, 0, 0.0] for res in resolutions}
     staging = {res: tiles_resolution_dir(root, view, res).parent / f".staging-{uuid.uuid4().hex}" for res in resolutions}
-    try:
-        for folder in staging.values():
-            folder.mkdir(parents=True)
-        for day in days:
+    def one_day(day: int) -> list[tuple[int, int, float]]:
+        cur = con.cursor()  # one cursor per worker: DuckDB runs their statements side by side
+        try:
             until = min(day + DAY, end_us)
             # bounds on the raw column reach the Parquet scan (row groups of other days are skipped)
             scan = (f"(SELECT * FROM {scan_of(view.source)} "
                     f"WHERE {ts_field} >= make_timestamp({day}) AND {ts_field} < make_timestamp({until}))")
+            done = []
             for res in resolutions:
                 began = time.perf_counter()
                 label = from_micros(day).strftime("%Y-%m-%d")
                 new, old = staging[res] / f"date={label}", tiles_resolution_dir(root, view, res) / f"date={label}"
                 new.mkdir()
                 path = str(new / "tiles.parquet").replace("'", "''")
-                written = con.execute(
+                written = cur.execute(
                     f"COPY (SELECT {keys}, make_timestamp(__tile) AS tile_start, {names} FROM ("
                     f"SELECT {raw_keys}, {floor_sql('__ts', res)} AS __tile, {', '.join(columns)} "
                     f"FROM ({events_sql(defs, view, scan)}) WHERE __ts >= {day} AND __ts < {until} "
                     f"GROUP BY ALL)) TO '{path}' (FORMAT parquet)").fetchall()[0][0]
                 _swap(new if written else None, old)
-                entry = stats[res]
-                entry[0] += 1 if written else 0
-                entry[1] += int(written)
-                entry[2] += time.perf_counter() - began
-            if bar:
-                bar.update(1)
+                done.append((res, int(written), time.perf_counter() - began))
+            return done
+        finally:
+            cur.close()
+
+    try:
+        for folder in staging.values():
+            folder.mkdir(parents=True)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for done in pool.map(one_day, days):
+                for res, written, seconds in done:
+                    entry = stats[res]
+                    entry[0] += 1 if written else 0
+                    entry[1] += written
+                    entry[2] += seconds
+                if bar:
+                    bar.update(1)
         return {res: (files, tiles, seconds) for res, (files, tiles, seconds) in stats.items()}
     finally:
         for folder in staging.values():
