@@ -1,0 +1,100 @@
+"""``parity serve`` with several worker processes (``serving/server.py``): each forked worker
+keeps its own serving cache, kept exact by its own invalidation tracking; new connections
+are spread over the workers' own sockets.
+
+A real Redis, the real supervisor in a subprocess, real HTTP on fresh connections (each
+lands on one worker or the other); every answer is compared with counts computed here from
+the events written, before and after a write that changes what the workers keep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+
+from harness_paths import child_pids
+from http_fixtures import PROJECT, write_tiles
+from parity.embedded import free_port
+
+TESTS = Path(__file__).resolve().parent
+VIDEOS = [f"v{i}" for i in range(12)]  # at least the reader's cache_min_entities: the cache is used
+SERVER = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+from pathlib import Path
+from http_fixtures import DEFS, PROJECT
+from parity.registry.config import FeatureStoreConfig
+from parity.serving.server import serve
+serve(FeatureStoreConfig(project=PROJECT, root=Path(sys.argv[3])), sys.argv[1], DEFS, "127.0.0.1", int(sys.argv[2]), 2)
+"""
+
+
+def _rows(plays: dict[str, int], at: datetime) -> list[dict]:
+    rows = []
+    for video, n in plays.items():
+        for i in range(n):
+            rows.append({"user_id": 1, "video_id": video, "watch_s": 1.0, "liked": i % 2 == 0,
+                         "ts": at + timedelta(seconds=i)})
+    return rows
+
+
+def _answers(url: str, connections: int) -> list[tuple[list, list]]:
+    out = []
+    for _ in range(connections):  # a fresh connection each: the kernel picks a worker's socket
+        with httpx.Client(base_url=url, timeout=10) as client:
+            body = client.post("/v1/features", json={"features": ["video_stats:plays_1h", "video_stats:likes_24h"],
+                                                     "entities": {"video_id": VIDEOS}}).raise_for_status().json()
+            features = body["features"]
+            out.append((features["video_stats__plays_1h"]["values"], features["video_stats__plays_1h"]["status"]))
+    return out
+
+
+def _expected(plays: dict[str, int]) -> tuple[list, list]:
+    return [plays.get(v, 0) for v in VIDEOS], ["stale" if v in plays else "missing" for v in VIDEOS]
+
+
+def test_two_workers_each_keep_an_exact_cache(redis, redis_server, tmp_path):
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    plays = {"v0": 3, "v1": 1, "v2": 5}
+    rows = _rows(plays, now - timedelta(minutes=30))
+    write_tiles(redis, rows)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, redis_server.url, str(port), str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200 and len(child_pids(server.pid)) == 2:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() else ""
+            time.sleep(0.1)
+        workers = child_pids(server.pid)
+        time.sleep(1.0)  # the second worker may still be building its app
+        assert _answers(url, 24) == [_expected(plays)] * 24  # every worker's cache now keeps these
+        # a late event for v0 and a first one for v3 (30 and 10 minutes ago): both workers must see them
+        plays = {"v0": 4, "v1": 1, "v2": 5, "v3": 2}
+        rows += _rows({"v0": 1}, now - timedelta(minutes=30, seconds=-30)) + _rows({"v3": 2}, now - timedelta(minutes=10))
+        write_tiles(redis, rows)
+        assert _answers(url, 24) == [_expected(plays)] * 24
+        assert child_pids(server.pid) == workers  # no worker died meanwhile
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            _out, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _out, err = server.communicate()
+    assert server.returncode == 0, err
+    assert "Traceback" not in err, err
+    for pid in workers:  # the workers stopped with the supervisor
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
