@@ -125,11 +125,12 @@ def serve(config: FeatureStoreConfig, redis_url: str, defs: Definitions, host: s
     """Run uvicorn with ``parity serve``'s options: the app of ``config`` and ``defs`` on
     ``host:port``, in ``workers`` processes (``run_server`` checks its arguments first).
 
-    Several workers each listen on a socket of their own bound to the same address
-    (``SO_REUSEPORT``: the kernel spreads new connections over the sockets by their
-    addresses). One shared socket would not spread them: the worker that wakes first takes
+    Several workers get their connections from a supervisor (:class:`_Supervisor`) that
+    accepts them and hands each to the worker with the fewest open connections. A listening
+    socket shared by the workers would not spread them: the worker that wakes first accepts
     every connection waiting (a client opening its pool of keep-alive connections at once
-    would land on one worker)."""
+    lands on one worker), and sockets of their own (``SO_REUSEPORT``) spread them at random
+    by their addresses (4 connections on 2 workers: 2 and 2 three times in eight)."""
     import uvicorn
 
     options: dict[str, Any] = {"log_level": log_level, "http": "httptools", "loop": "uvloop",
@@ -137,93 +138,247 @@ def serve(config: FeatureStoreConfig, redis_url: str, defs: Definitions, host: s
     if workers == 1:
         uvicorn.run(build_app(config, redis_url, host, defs), host=host, port=port, **options)
         return
-    sockets = [_reuse_port_socket(host, port) for _ in range(workers)]
-    _Supervisor(sockets, lambda: build_app(config, redis_url, host, defs), options).run()
+    _Supervisor(_listen(host, port), workers, lambda: build_app(config, redis_url, host, defs), options).run()
 
 
-def _reuse_port_socket(host: str, port: int):
+def _listen(host: str, port: int):
     import socket
 
     family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
-class _Supervisor:
-    """Forked worker processes, one per socket, each building its own app (its own Redis pool,
-    serving cache and tracking connection) after the fork; a worker that dies is started
-    again on the same socket (the connections queued there meanwhile wait for it). SIGINT or
-    SIGTERM to this process stops every worker gracefully (uvicorn's shutdown) and returns."""
+_OPENED, _CLOSED = b"c", b"d"  # supervisor -> worker: a connection (its fd attached); worker -> supervisor: one closed
 
-    def __init__(self, sockets: list, make_app, options: dict[str, Any]) -> None:
-        self.sockets, self.make_app, self.options = sockets, make_app, options
-        self.pids: dict[int, int] = {}  # worker pid -> its socket's index
+
+class _Supervisor:
+    """Accepts connections and hands each to the worker process holding the fewest open ones
+    (ties in turn), over a Unix socket pair per worker (the descriptor passed with
+    ``SCM_RIGHTS``; the worker reports each connection it closes). Workers are forked after
+    the definitions are loaded and build their own app after the fork; a worker that dies is
+    started again. SIGINT or SIGTERM stops accepting, stops every worker gracefully (uvicorn's
+    shutdown: requests in flight are answered) and returns."""
+
+    def __init__(self, listener, workers: int, make_app, options: dict[str, Any]) -> None:
+        self.listener, self.n, self.make_app, self.options = listener, workers, make_app, options
+        self.channels: list = [None] * workers  # the supervisor's end of each worker's socket pair
+        self.pids: list[int | None] = [None] * workers
+        self.open = [0] * workers  # connections handed to each worker and not yet closed
+        self.turn = 0
         self.stopping = False
 
+    # -- workers -----------------------------------------------------------------------------
     def _start(self, index: int) -> None:
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid == 0:
             code = 1
             try:
-                os.setpgrp()  # Ctrl-C reaches the supervisor only, which stops each worker once
-                _die_with_parent()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                sock = self.sockets[index]
-                for n, other in enumerate(self.sockets):
-                    if n != index:
-                        other.close()
-                import uvicorn
-
-                server = uvicorn.Server(uvicorn.Config(self.make_app(), **self.options))
-                server.run(sockets=[sock])
-                code = 0
-            except BaseException:  # noqa: BLE001 - a worker reports and exits; the supervisor restarts it
+                ours.close()
+                self.listener.close()
+                for channel in self.channels:
+                    if channel is not None:
+                        channel.close()
+                code = _run_worker(theirs, self.make_app, self.options)
+            except BaseException:  # noqa: BLE001 - a worker reports and exits; the supervisor starts another
                 import traceback
 
                 traceback.print_exc()
             finally:
                 sys.stderr.flush()
                 os._exit(code)
-        self.pids[pid] = index
+        theirs.close()
+        ours.setblocking(False)
+        self.channels[index], self.pids[index], self.open[index] = ours, pid, 0
+
+    def _lost(self, index: int) -> None:
+        """Worker ``index``'s channel closed (it exited): forget it; :meth:`_reap` restarts it."""
+        if self.channels[index] is not None:
+            self.selector.unregister(self.channels[index])
+            self.channels[index].close()
+            self.channels[index] = None
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self.pids:
+                continue
+            index = self.pids.index(pid)
+            self.pids[index] = None
+            self._lost(index)
+            if not self.stopping:
+                print(f"parity: worker {pid} exited ({_exit_reason(status)}); starting another",
+                      file=sys.stderr, flush=True)
+                time.sleep(0.5)  # a worker that fails at once must not spin
+                self._start(index)
+                self.selector.register(self.channels[index], 1, index)
+
+    # -- connections ---------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        import socket
+
+        try:
+            conn, _address = self.listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        with conn:
+            order = sorted(range(self.n), key=lambda i: (self.open[i], (i - self.turn) % self.n))
+            for index in order:
+                channel = self.channels[index]
+                if channel is None:
+                    continue
+                try:
+                    socket.send_fds(channel, [_OPENED], [conn.fileno()])
+                except BlockingIOError:  # this worker is not reading: try the next
+                    continue
+                except OSError:
+                    self._lost(index)
+                    continue
+                self.open[index] += 1
+                self.turn = (index + 1) % self.n
+                return  # the worker holds its own descriptor now; ours is closed
+
+    def _closed(self, index: int) -> None:
+        try:
+            data = self.channels[index].recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost(index)
+            return
+        self.open[index] = max(0, self.open[index] - data.count(_CLOSED))
 
     def _stop(self, *_args: Any) -> None:
-        self.stopping = True
-        for pid in list(self.pids):
-            try:
-                os.kill(pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        if not self.stopping:
+            self.stopping = True
+            for pid in self.pids:
+                if pid is not None:
+                    try:
+                        os.kill(pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
 
     def run(self) -> None:
+        import selectors
+
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        previous_fd = signal.set_wakeup_fd(wake_write)
+        self.selector = selectors.DefaultSelector()
+        self.listener.setblocking(False)
         try:
-            for index in range(len(self.sockets)):
+            for index in range(self.n):
                 self._start(index)
-            while self.pids:
-                try:
-                    pid, status = os.wait()
-                except ChildProcessError:
-                    break
-                except InterruptedError:
-                    continue
-                index = self.pids.pop(pid, None)
-                if index is not None and not self.stopping:
-                    print(f"parity: worker {pid} exited ({_exit_reason(status)}); starting another",
-                          file=sys.stderr, flush=True)
-                    time.sleep(0.5)  # a worker that fails at once must not spin
-                    if not self.stopping:
-                        self._start(index)
+                self.selector.register(self.channels[index], selectors.EVENT_READ, index)
+            self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+            self.selector.register(wake_read, selectors.EVENT_READ, "wake")
+            while any(pid is not None for pid in self.pids):
+                for key, _events in self.selector.select(timeout=1.0):
+                    if key.data == "accept":
+                        self._dispatch()
+                    elif key.data == "wake":
+                        try:
+                            os.read(wake_read, 4096)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._closed(key.data)
+                if self.stopping and self.listener.fileno() >= 0:
+                    self.selector.unregister(self.listener)
+                    self.listener.close()  # new connections are refused from now on
+                self._reap()
         finally:
+            signal.set_wakeup_fd(previous_fd)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for sock in self.sockets:
-                sock.close()
+            self.selector.close()
+            os.close(wake_read)
+            os.close(wake_write)
+            if self.listener.fileno() >= 0:
+                self.listener.close()
+            for channel in self.channels:
+                if channel is not None:
+                    channel.close()
+
+
+def _run_worker(channel, make_app, options: dict[str, Any]) -> int:
+    """A worker process: its own app under uvicorn, serving the connections the supervisor
+    passes over ``channel`` (no listening socket of its own); 0 after a graceful stop."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    os.setpgrp()  # Ctrl-C reaches the supervisor only, which stops each worker once
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+
+    class Worker(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=[])
+            if self.should_exit:
+                return
+            loop = asyncio.get_running_loop()
+            base = self.config.http_protocol_class
+
+            class Tracked(base):  # type: ignore[misc, valid-type]
+                def connection_lost(self, exc):  # noqa: ANN001 - the protocol's signature
+                    super().connection_lost(exc)
+                    try:
+                        channel.send(_CLOSED, socket.MSG_DONTWAIT)
+                    except OSError:  # the supervisor is gone (or stopping): nothing to count
+                        pass
+
+            def protocol() -> asyncio.Protocol:
+                return Tracked(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+
+            def receive() -> None:
+                try:
+                    data, fds, _flags, _address = socket.recv_fds(channel, 1024, 64)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data, fds = b"", []
+                if not data and not fds:  # the supervisor is gone
+                    loop.remove_reader(channel.fileno())
+                    self.should_exit = True
+                    return
+                for fd in fds:
+                    sock = socket.socket(fileno=fd)
+                    sock.setblocking(False)
+                    task = loop.create_task(loop.connect_accepted_socket(protocol, sock=sock))
+                    task.add_done_callback(_connected)
+
+            channel.setblocking(False)
+            loop.add_reader(channel.fileno(), receive)
+
+    server = Worker(uvicorn.Config(make_app(), **options))
+    server.run()
+    return 0
+
+
+def _connected(task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        print(f"parity: a connection could not be served: {task.exception()}", file=sys.stderr, flush=True)
 
 
 def _die_with_parent() -> None:

@@ -1,6 +1,7 @@
 """``parity serve`` with several worker processes (``serving/server.py``): each forked worker
-keeps its own serving cache, kept exact by its own invalidation tracking; new connections
-are spread over the workers' own sockets.
+keeps its own serving cache, kept exact by its own invalidation tracking; the supervisor
+hands each new connection to the worker with the fewest open ones, and starts a worker
+that dies again.
 
 A real Redis, the real supervisor in a subprocess, real HTTP on fresh connections (each
 lands on one worker or the other); every answer is compared with counts computed here from
@@ -46,13 +47,33 @@ def _rows(plays: dict[str, int], at: datetime) -> list[dict]:
 
 def _answers(url: str, connections: int) -> list[tuple[list, list]]:
     out = []
-    for _ in range(connections):  # a fresh connection each: the kernel picks a worker's socket
+    for _ in range(connections):  # a fresh connection each: in turn to each worker
         with httpx.Client(base_url=url, timeout=10) as client:
             body = client.post("/v1/features", json={"features": ["video_stats:plays_1h", "video_stats:likes_24h"],
                                                      "entities": {"video_id": VIDEOS}}).raise_for_status().json()
             features = body["features"]
             out.append((features["video_stats__plays_1h"]["values"], features["video_stats__plays_1h"]["status"]))
     return out
+
+
+def _connections(pid: int, port: int) -> set[int]:
+    """Socket inodes of process ``pid`` that are established TCP connections to local ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], int(fields[9])
+            if local_port == port and state == "01" and inode in inodes:  # 01: ESTABLISHED
+                found.add(inode)
+    return found
 
 
 def _expected(plays: dict[str, int]) -> tuple[list, list]:
@@ -87,6 +108,23 @@ def test_two_workers_each_keep_an_exact_cache(redis, redis_server, tmp_path):
         write_tiles(redis, rows)
         assert _answers(url, 24) == [_expected(plays)] * 24
         assert child_pids(server.pid) == workers  # no worker died meanwhile
+        # four keep-alive connections opened at once: two on each worker
+        clients = [httpx.Client(base_url=url, timeout=10) for _ in range(4)]
+        try:
+            for client in clients:
+                assert client.get("/v1/health").status_code == 200
+            assert sorted(len(_connections(pid, port)) for pid in workers) == [2, 2]
+        finally:
+            for client in clients:
+                client.close()
+        os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
+        deadline = time.monotonic() + 30
+        while len(child_pids(server.pid)) != 2 or workers[0] in child_pids(server.pid):
+            assert time.monotonic() < deadline, "no worker was started in place of the dead one"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert _answers(url, 8) == [_expected(plays)] * 8
+        workers = child_pids(server.pid)
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -96,5 +134,6 @@ def test_two_workers_each_keep_an_exact_cache(redis, redis_server, tmp_path):
             _out, err = server.communicate()
     assert server.returncode == 0, err
     assert "Traceback" not in err, err
+    assert err.count("starting another") == 1, err  # the one killed, nothing else
     for pid in workers:  # the workers stopped with the supervisor
         assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
