@@ -5,11 +5,12 @@ URL, authentication, the registry's definitions), then runs uvicorn with httptoo
 uvloop. By default it runs one worker process per core (:func:`default_workers`): one
 Python process answers lookups on one core at a time, so under concurrent ranking requests
 a single process is the bottleneck (docs/benchmarks.md, "Online serving"). With
-``workers > 1`` a supervisor forks the workers after loading the definitions once (every
-worker serves the same registry revision); each worker builds its own app after the fork:
-its own Redis pool, serving cache and invalidation tracking connection (so each cache is
-kept exact by its own tracker), feature logger and ``/metrics`` counters (Prometheus
-scrapes one worker per request).
+``workers > 1`` a supervisor (:class:`_Supervisor`) loads the definitions once (every
+worker serves the same registry revision), forks the workers, accepts the connections and
+hands each to the worker with the fewest open ones. Each worker builds its own app after
+the fork: its own Redis pool, serving cache and invalidation tracking connection (so each
+cache is kept exact by its own tracker), feature logger and ``/metrics`` counters
+(Prometheus scrapes one worker per request).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from parity.registry.config import FeatureStoreConfig
 from parity.registry.models import Definitions
 from parity.serving.app import auth_settings, create_app
 from parity.serving.feature_log import FeatureLogger
+
 
 def _definitions(config: FeatureStoreConfig) -> Definitions:
     from parity.feature_store import FeatureStore
@@ -71,7 +73,9 @@ def _tune_gc() -> None:
 
 def default_workers() -> int:
     """Worker processes of ``parity serve`` without ``--workers``: the cores this process may
-    run on."""
+    run on (1 where processes cannot be forked or pass sockets)."""
+    if not _can_fork_workers():
+        return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
@@ -110,6 +114,10 @@ def run_server(config: FeatureStoreConfig, host: str | None = None, port: int | 
         from parity.errors import ConfigError
 
         raise ConfigError(f"--workers {workers}: must be at least 1")
+    if workers > 1 and not _can_fork_workers():
+        from parity.errors import ConfigError
+
+        raise ConfigError(f"--workers {workers}: this platform cannot fork worker processes", hint="use --workers 1")
     redis_url = online_store_url(config)
     tokens, required = auth_settings(config.serving, host)
     defs = _definitions(config)
@@ -139,6 +147,12 @@ def serve(config: FeatureStoreConfig, redis_url: str, defs: Definitions, host: s
         uvicorn.run(build_app(config, redis_url, host, defs), host=host, port=port, **options)
         return
     _Supervisor(_listen(host, port), workers, lambda: build_app(config, redis_url, host, defs), options).run()
+
+
+def _can_fork_workers() -> bool:
+    import socket
+
+    return hasattr(os, "fork") and hasattr(socket, "send_fds")
 
 
 def _listen(host: str, port: int):
