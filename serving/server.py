@@ -7,7 +7,7 @@ Python process answers lookups on one core at a time, so under concurrent rankin
 a single process is the bottleneck (docs/benchmarks.md, "Online serving"). With
 ``workers > 1`` a supervisor (:class:`_Supervisor`) loads the definitions once (every
 worker serves the same registry revision), forks the workers, accepts the connections and
-hands each to the worker with the fewest open ones. Each worker builds its own app after
+hands them to the workers in turn. Each worker builds its own app after
 the fork: its own Redis pool, serving cache and invalidation tracking connection (so each
 cache is kept exact by its own tracker), feature logger and ``/metrics`` counters
 (Prometheus scrapes one worker per request).
@@ -134,11 +134,14 @@ def serve(config: FeatureStoreConfig, redis_url: str, defs: Definitions, host: s
     ``host:port``, in ``workers`` processes (``run_server`` checks its arguments first).
 
     Several workers get their connections from a supervisor (:class:`_Supervisor`) that
-    accepts them and hands each to the worker with the fewest open connections. A listening
+    accepts them and hands them to the workers in turn. A listening
     socket shared by the workers would not spread them: the worker that wakes first accepts
     every connection waiting (a client opening its pool of keep-alive connections at once
     lands on one worker), and sockets of their own (``SO_REUSEPORT``) spread them at random
-    by their addresses (4 connections on 2 workers: 2 and 2 three times in eight)."""
+    by their addresses (4 connections on 2 workers: 2 and 2 three times in eight). In turn
+    rather than to the worker with the fewest open connections: workers learn late that a
+    client closed a connection, so a client that closes its pool and opens a new one at once
+    would find stale counts (a benchmark run put 8 such connections all on one of 2 workers)."""
     import uvicorn
 
     options: dict[str, Any] = {"log_level": log_level, "http": "httptools", "loop": "uvloop",
@@ -166,13 +169,12 @@ def _listen(host: str, port: int):
     return sock
 
 
-_OPENED, _CLOSED = b"c", b"d"  # supervisor -> worker: a connection (its fd attached); worker -> supervisor: one closed
+_OPENED = b"c"  # supervisor -> worker: a connection (its descriptor attached)
 
 
 class _Supervisor:
-    """Accepts connections and hands each to the worker process holding the fewest open ones
-    (ties in turn), over a Unix socket pair per worker (the descriptor passed with
-    ``SCM_RIGHTS``; the worker reports each connection it closes). Workers are forked after
+    """Accepts connections and hands them to the worker processes in turn, over a Unix socket
+    pair per worker (the descriptor passed with ``SCM_RIGHTS``). Workers are forked after
     the definitions are loaded and build their own app after the fork; a worker that dies is
     started again. SIGINT or SIGTERM stops accepting, stops every worker gracefully (uvicorn's
     shutdown: requests in flight are answered) and returns."""
@@ -181,7 +183,6 @@ class _Supervisor:
         self.listener, self.n, self.make_app, self.options = listener, workers, make_app, options
         self.channels: list = [None] * workers  # the supervisor's end of each worker's socket pair
         self.pids: list[int | None] = [None] * workers
-        self.open = [0] * workers  # connections handed to each worker and not yet closed
         self.turn = 0
         self.stopping = False
 
@@ -209,7 +210,7 @@ class _Supervisor:
                 os._exit(code)
         theirs.close()
         ours.setblocking(False)
-        self.channels[index], self.pids[index], self.open[index] = ours, pid, 0
+        self.channels[index], self.pids[index] = ours, pid
 
     def _lost(self, index: int) -> None:
         """Worker ``index``'s channel closed (it exited): forget it; :meth:`_reap` restarts it."""
@@ -247,8 +248,7 @@ class _Supervisor:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         with conn:
-            order = sorted(range(self.n), key=lambda i: (self.open[i], (i - self.turn) % self.n))
-            for index in order:
+            for index in [(self.turn + k) % self.n for k in range(self.n)]:
                 channel = self.channels[index]
                 if channel is None:
                     continue
@@ -259,21 +259,19 @@ class _Supervisor:
                 except OSError:
                     self._lost(index)
                     continue
-                self.open[index] += 1
                 self.turn = (index + 1) % self.n
                 return  # the worker holds its own descriptor now; ours is closed
 
     def _closed(self, index: int) -> None:
+        """Worker ``index``'s channel is readable: workers send nothing, so this is its exit (EOF)."""
         try:
-            data = self.channels[index].recv(4096)
+            data = self.channels[index].recv(64)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
             self._lost(index)
-            return
-        self.open[index] = max(0, self.open[index] - data.count(_CLOSED))
 
     def _stop(self, *_args: Any) -> None:
         if not self.stopping:
@@ -352,18 +350,9 @@ def _run_worker(channel, make_app, options: dict[str, Any]) -> int:
             if self.should_exit:
                 return
             loop = asyncio.get_running_loop()
-            base = self.config.http_protocol_class
-
-            class Tracked(base):  # type: ignore[misc, valid-type]
-                def connection_lost(self, exc):  # noqa: ANN001 - the protocol's signature
-                    super().connection_lost(exc)
-                    try:
-                        channel.send(_CLOSED, socket.MSG_DONTWAIT)
-                    except OSError:  # the supervisor is gone (or stopping): nothing to count
-                        pass
-
             def protocol() -> asyncio.Protocol:
-                return Tracked(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+                return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                                       app_state=self.lifespan.state)
 
             def receive() -> None:
                 try:
