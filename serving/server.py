@@ -7,10 +7,12 @@ Python process answers lookups on one core at a time, so under concurrent rankin
 a single process is the bottleneck (docs/benchmarks.md, "Online serving"). With
 ``workers > 1`` a supervisor (:class:`_Supervisor`) loads the definitions once (every
 worker serves the same registry revision), forks the workers, accepts the connections and
-hands them to the workers in turn. Each worker builds its own app after
-the fork: its own Redis pool, serving cache and invalidation tracking connection (so each
-cache is kept exact by its own tracker), feature logger and ``/metrics`` counters
-(Prometheus scrapes one worker per request).
+hands them to the workers in turn. Each worker builds its own app after the fork: its own
+Redis pool, serving cache and invalidation tracking connection (so each cache is kept exact
+by its own tracker), feature logger and metrics. The metrics are kept in prometheus_client's
+multiprocess files, in a directory the supervisor makes before forking (removed when it
+stops), so a scrape, answered by one worker, reports the sum over every worker, dead ones
+included (:class:`parity.serving.app._Metrics`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ def feature_logger_for(config: FeatureStoreConfig) -> FeatureLogger | None:
                          queue_size=getattr(settings, "queue_size", 1000))
 
 
-def build_app(config: FeatureStoreConfig, redis_url: str, host: str, definitions: Definitions | None = None) -> FastAPI:
-    """The serving app of ``config``'s project, reading the Redis at ``redis_url``."""
+def build_app(config: FeatureStoreConfig, redis_url: str, host: str, definitions: Definitions | None = None,
+              metrics_dir: str | None = None) -> FastAPI:
+    """The serving app of ``config``'s project, reading the Redis at ``redis_url`` (a
+    worker's: counting its metrics in the workers' shared ``metrics_dir``)."""
     from parity.embedded import redis_client
     from parity.serving.lookup import OnlineReader
 
@@ -54,7 +58,7 @@ def build_app(config: FeatureStoreConfig, redis_url: str, host: str, definitions
     defs = definitions if definitions is not None else _definitions(config)
     reader = OnlineReader(redis_client(redis_url), config.project, defs, max_entities=config.serving.max_entities)
     app = create_app(reader, tokens=tokens, require_auth=required, feature_logger=feature_logger_for(config),
-                     project=config.project)
+                     project=config.project, metrics_dir=metrics_dir)
     _tune_gc()
     return app
 
@@ -149,7 +153,16 @@ def serve(config: FeatureStoreConfig, redis_url: str, defs: Definitions, host: s
     if workers == 1:
         uvicorn.run(build_app(config, redis_url, host, defs), host=host, port=port, **options)
         return
-    _Supervisor(_listen(host, port), workers, lambda: build_app(config, redis_url, host, defs), options).run()
+    import shutil
+    import tempfile
+
+    # the workers' metrics files: a private directory, made before they fork, removed at exit
+    metrics_dir = tempfile.mkdtemp(prefix="parity-metrics-")
+    try:
+        _Supervisor(_listen(host, port), workers, lambda: build_app(config, redis_url, host, defs, metrics_dir),
+                    options, metrics_dir).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _can_fork_workers() -> bool:
@@ -179,8 +192,9 @@ class _Supervisor:
     started again. SIGINT or SIGTERM stops accepting, stops every worker gracefully (uvicorn's
     shutdown: requests in flight are answered) and returns."""
 
-    def __init__(self, listener, workers: int, make_app, options: dict[str, Any]) -> None:
+    def __init__(self, listener, workers: int, make_app, options: dict[str, Any], metrics_dir: str | None = None) -> None:
         self.listener, self.n, self.make_app, self.options = listener, workers, make_app, options
+        self.metrics_dir = metrics_dir
         self.channels: list = [None] * workers  # the supervisor's end of each worker's socket pair
         self.pids: list[int | None] = [None] * workers
         self.turn = 0
@@ -232,6 +246,10 @@ class _Supervisor:
             index = self.pids.index(pid)
             self.pids[index] = None
             self._lost(index)
+            if self.metrics_dir is not None:  # its counters stay in the totals; live gauges would not
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(pid, self.metrics_dir)
             if not self.stopping:
                 print(f"parity: worker {pid} exited ({_exit_reason(status)}); starting another",
                       file=sys.stderr, flush=True)

@@ -5,7 +5,9 @@ that dies again.
 
 A real Redis, the real supervisor in a subprocess, real HTTP on fresh connections (each
 lands on one worker or the other); every answer is compared with counts computed here from
-the events written, before and after a write that changes what the workers keep."""
+the events written, before and after a write that changes what the workers keep. ``/metrics``
+is scraped on fresh connections (so from each worker in turn) and must report every worker's
+requests, those of a worker that was killed included."""
 
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ from pathlib import Path
 from http_fixtures import DEFS, PROJECT
 from parity.registry.config import FeatureStoreConfig
 from parity.serving.server import serve
-serve(FeatureStoreConfig(project=PROJECT, root=Path(sys.argv[3])), sys.argv[1], DEFS, "127.0.0.1", int(sys.argv[2]), 2)
+serving = {{"feature_log": {{"path": sys.argv[4]}}}} if len(sys.argv) > 4 else {{}}
+serve(FeatureStoreConfig(project=PROJECT, root=Path(sys.argv[3]), serving=serving), sys.argv[1], DEFS, "127.0.0.1",
+      int(sys.argv[2]), 2)
 """
 
 
@@ -139,3 +143,99 @@ def test_two_workers_each_keep_an_exact_cache(redis, redis_server, tmp_path):
     assert err.count("starting another") == 1, err  # the one killed, nothing else
     for pid in workers:  # the workers stopped with the supervisor
         assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+
+def _start(redis_server, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """The supervisor with 2 workers in a subprocess (its temporary files under tmp_path/tmp),
+    once both workers answer."""
+    port = free_port()
+    (tmp_path / "tmp").mkdir()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, redis_server.url, str(port), str(tmp_path), *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if len(child_pids(server.pid)) == 2 and all(
+                    httpx.get(f"{url}/v1/health", timeout=1).status_code == 200 for _ in range(2)):
+                return server, url
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(server.communicate()[1])
+        time.sleep(0.1)
+
+
+def _metric(text: str, name: str) -> float:
+    found = [line for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(found) == 1, (name, text)
+    return float(found[0].rsplit(" ", 1)[1])
+
+
+def _scrapes(url: str, n: int) -> list[str]:
+    out = []
+    for _ in range(n):  # a fresh connection each: each worker in turn answers the scrape
+        with httpx.Client(base_url=url, timeout=10) as client:
+            out.append(client.get("/metrics").raise_for_status().text)
+    return out
+
+
+def test_metrics_count_every_worker(redis, redis_server, tmp_path):
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    write_tiles(redis, _rows({"v0": 3, "v1": 1}, now - timedelta(minutes=30)))
+    server, url = _start(redis_server, tmp_path, str(tmp_path / "log"))
+    features = 'parity_requests_total{code="200",endpoint="/v1/features"}'
+    body = {"features": ["video_stats:plays_1h"], "entities": {"video_id": VIDEOS}}
+    sent = 0
+    try:
+        workers = child_pids(server.pid)
+
+        def send(connections: int, per_connection: int) -> None:
+            nonlocal sent
+            for _ in range(connections):  # each connection to the next worker, its requests kept alive on it
+                with httpx.Client(base_url=url, timeout=10) as client:
+                    for _ in range(per_connection):
+                        client.post("/v1/features", json=body).raise_for_status()
+                        sent += 1
+
+        def check(scrapes: list[str]) -> None:
+            for text in scrapes:
+                assert _metric(text, features) == sent
+                assert _metric(text, "parity_lookup_seconds_count") == sent
+                assert _metric(text, 'parity_lookup_seconds_bucket{le="+Inf"}') == sent
+                assert _metric(text, "parity_lookup_entities_total") == sent * len(VIDEOS)
+                assert _metric(text, "parity_fast_path_answers_total") == sent
+                assert _metric(text, "parity_stream_metrics_available") == 1  # read once, by the worker scraped
+                assert _metric(text, "parity_feature_log_dropped_total") == 0
+
+        send(5, 3)
+        first = _scrapes(url, 4)
+        check(first)
+        scraped = [_metric(text, 'parity_requests_total{code="200",endpoint="/metrics"}') for text in first[1:]]
+        assert scraped == [1, 2, 3]  # each scrape counted (after it answered), whichever worker took it
+        # the feature log's rows are counted by whichever worker wrote them (each flushes within 5 s)
+        deadline = time.monotonic() + 20
+        while _metric(_scrapes(url, 1)[0], "parity_feature_log_written_rows_total") != sent * len(VIDEOS):
+            assert time.monotonic() < deadline, _scrapes(url, 1)[0]
+            time.sleep(0.5)
+        os.kill(workers[0], signal.SIGKILL)  # its counts must stay in the totals
+        deadline = time.monotonic() + 30
+        while len(child_pids(server.pid)) != 2 or workers[0] in child_pids(server.pid):
+            assert time.monotonic() < deadline, "no worker was started in place of the dead one"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the new worker builds its app
+        check(_scrapes(url, 4))
+        send(3, 2)
+        check(_scrapes(url, 4))
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            _out, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _out, err = server.communicate()
+    assert server.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert list((tmp_path / "tmp").iterdir()) == []  # the metrics files were removed
