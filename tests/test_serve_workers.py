@@ -28,7 +28,7 @@ from parity.embedded import free_port
 TESTS = Path(__file__).resolve().parent
 VIDEOS = [f"v{i}" for i in range(12)]  # at least the reader's cache_min_entities: the cache is used
 SERVER = f"""
-import sys
+import os, sys
 sys.path.insert(0, {str(TESTS)!r})
 from pathlib import Path
 from http_fixtures import DEFS, PROJECT
@@ -36,7 +36,7 @@ from parity.registry.config import FeatureStoreConfig
 from parity.serving.server import serve
 serving = {{"feature_log": {{"path": sys.argv[4]}}}} if len(sys.argv) > 4 else {{}}
 serve(FeatureStoreConfig(project=PROJECT, root=Path(sys.argv[3]), serving=serving), sys.argv[1], DEFS, "127.0.0.1",
-      int(sys.argv[2]), 2)
+      int(sys.argv[2]), int(os.environ.get("TEST_WORKERS", "2")))
 """
 
 
@@ -145,19 +145,21 @@ def test_two_workers_each_keep_an_exact_cache(redis, redis_server, tmp_path):
         assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
 
 
-def _start(redis_server, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """The supervisor with 2 workers in a subprocess (its temporary files under tmp_path/tmp),
-    once both workers answer."""
+def _start(redis_server, tmp_path: Path, *extra: str, workers: int = 2,
+           env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``parity serve`` with ``workers`` in a subprocess (its temporary files under
+    tmp_path/tmp), once every worker answers."""
     port = free_port()
     (tmp_path / "tmp").mkdir()
     server = subprocess.Popen([sys.executable, "-c", SERVER, redis_server.url, str(port), str(tmp_path), *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+                              env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), "TEST_WORKERS": str(workers),
+                                   **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
-            if len(child_pids(server.pid)) == 2 and all(
+            if len(child_pids(server.pid)) == (workers if workers > 1 else 0) and all(
                     httpx.get(f"{url}/v1/health", timeout=1).status_code == 200 for _ in range(2)):
                 return server, url
         except httpx.TransportError:
@@ -239,3 +241,29 @@ def test_metrics_count_every_worker(redis, redis_server, tmp_path):
     assert server.returncode == 0, err
     assert "Traceback" not in err, err
     assert list((tmp_path / "tmp").iterdir()) == []  # the metrics files were removed
+
+
+def test_one_worker_counts_its_own_requests_even_in_a_multiprocess_environment(redis, redis_server, tmp_path):
+    """``--workers 1`` keeps its own registry; ``PROMETHEUS_MULTIPROC_DIR`` set by whoever
+    started it changes where prometheus_client keeps values, not what a scrape reports."""
+    write_tiles(redis, _rows({"v0": 3}, datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=30)))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    server, url = _start(redis_server, tmp_path, workers=1, env={"PROMETHEUS_MULTIPROC_DIR": str(outside)})
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(7):
+                client.post("/v1/features", json={"features": ["video_stats:plays_1h"],
+                                                  "entities": {"video_id": VIDEOS}}).raise_for_status()
+        for text in _scrapes(url, 3):
+            assert _metric(text, 'parity_requests_total{code="200",endpoint="/v1/features"}') == 7
+            assert _metric(text, "parity_lookup_entities_total") == 7 * len(VIDEOS)
+            assert _metric(text, "parity_stream_metrics_available") == 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            _out, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _out, err = server.communicate()
+    assert server.returncode == 0, err
