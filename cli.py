@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature_store.yaml or the folder holding it (default: ./feature_store.yaml, or $PARITY_CONFIG)")
     p.add_argument("--host", help="address to bind (default: serving.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default: serving.port, 8666)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes, each with its own serving cache (default: one per core)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default warning)")
     p.set_defaults(func=cmd_serve)

@@ -53,7 +53,8 @@ One run, against ONE private ``redis-server`` it starts (:meth:`parity.embedded.
    (``FeastBaseline.measure``) for the same shapes and time; the ratio Feast p99 / Parity p99.
 7. **HTTP**: what ``parity serve`` runs (``parity.serving.server.build_app``, i.e.
    ``create_app`` over an ``OnlineReader``, a bearer token required unless ``--no-auth``; then
-   uvicorn with ``run_server``'s options: one worker, uvloop, httptools) in a SUBPROCESS bound
+   uvicorn with ``run_server``'s options: ``--workers`` processes, by default ``parity serve``'s
+   default of one per core, uvloop, httptools) in a SUBPROCESS bound
    to 127.0.0.1, driven by the load generator of this script (this process; stdlib sockets, no extra
    package): keep-alive HTTP/1.1 connections, a sender thread and a receiver thread (epoll).
 
@@ -772,30 +773,18 @@ def profile_calls(call: Callable[[Any], Any], requests: list, seconds: float, to
 # -- HTTP: server subprocess ------------------------------------------------------------------
 
 
-def serve_child(redis_url: str, port: int, auth: bool) -> None:
-    """The server process: what ``parity serve`` runs (``parity.serving.server.build_app``, then
-    uvicorn with ``run_server``'s options, one worker), over this benchmark's definitions."""
-    import uvicorn
-
+def serve_child(redis_url: str, port: int, auth: bool, workers: int) -> None:
+    """The server process: what ``parity serve`` runs (``parity.serving.server.serve``: the app
+    of ``build_app`` under uvicorn with ``run_server``'s options, in ``workers`` processes),
+    over this benchmark's definitions."""
     from parity.registry.config import FeatureStoreConfig
 
     config = FeatureStoreConfig(project=PROJECT, serving={"auth_tokens": [AUTH_TOKEN] if auth else [],
                                                           "require_auth": auth},
                                 root=Path(tempfile.gettempdir()))
-    try:
-        from parity.serving.server import build_app
-    except ImportError:  # an older tree without serving/server.py: the same app by hand
-        from parity.embedded import redis_client
-        from parity.serving.app import create_app
-        from parity.serving.lookup import OnlineReader
+    from parity.serving.server import serve
 
-        reader = OnlineReader(redis_client(redis_url), PROJECT, bench_definitions())
-        app = create_app(reader, tokens=[AUTH_TOKEN] if auth else [], require_auth=auth, project=PROJECT)
-    else:
-        app = build_app(config, redis_url, "127.0.0.1", bench_definitions())
-    # run_server's options (serving/server.py)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http="httptools", loop="uvloop",
-                timeout_graceful_shutdown=10)
+    serve(config, redis_url, bench_definitions(), "127.0.0.1", port, workers)
 
 
 @dataclass
@@ -814,13 +803,13 @@ class Server:
                 self.process.wait()
 
 
-def start_server(redis_url: str, auth: bool, log_dir: Path, timeout: float = 90.0) -> Server:
+def start_server(redis_url: str, auth: bool, log_dir: Path, workers: int, timeout: float = 90.0) -> Server:
     from parity.embedded import free_port
 
     port = free_port()
     log_path = log_dir / "server.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-child", "--redis-url", redis_url,
-           "--port", str(port)] + ([] if auth else ["--no-auth"])
+           "--port", str(port), "--workers", str(workers)] + ([] if auth else ["--no-auth"])
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
     server = Server(process, port, log_path)
@@ -832,12 +821,35 @@ def start_server(redis_url: str, auth: bool, log_dir: Path, timeout: float = 90.
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    if workers > 1:
+                        _await_workers(server, workers, deadline)
                     return server
         except OSError:
             pass
         time.sleep(0.1)
     server.stop()
     raise SystemExit(f"the server did not answer within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def _await_workers(server: Server, workers: int, deadline: float) -> None:
+    """Wait until the server has ``workers`` worker processes and each has finished starting
+    (its CPU time stands still for half a second): a worker still importing would not accept
+    the connections of the first phase, and they would all go to the others."""
+    last: dict[int, float | None] = {}
+    while time.monotonic() < deadline:
+        pids = harness.child_pids(server.process.pid)
+        now = {pid: harness.proc_cpu(pid) for pid in pids}
+        if len(pids) >= workers and now == last:
+            return
+        last = now
+        time.sleep(0.5)
+    raise SystemExit(f"the server's {workers} workers did not start:\n{server.log_path.read_text()[-3000:]}")
+
+
+def server_pids(server: Server, workers: int) -> int | list[int]:
+    """The server's process, or with several workers the supervisor and its workers (their
+    CPU is summed as the server's)."""
+    return server.process.pid if workers == 1 else [server.process.pid, *harness.child_pids(server.process.pid)]
 
 
 # -- HTTP: load generator ---------------------------------------------------------------------
@@ -1445,6 +1457,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "top 25 functions (by own time and by cumulative time)")
     p.add_argument("--results", type=Path, default=None,
                    help="also write the JSON (with command, date, machine, versions, git commit) to this file")
+    p.add_argument("--workers", type=int, default=None,
+                   help="HTTP: server worker processes (default: parity serve's default, one per core)")
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--redis-url", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
@@ -1465,8 +1479,14 @@ def main(argv: Sequence[str] | None = None, on_populated: Callable[[dict[str, An
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(raw_argv)
+    if args.workers is None:
+        from parity.serving.server import default_workers
+
+        args.workers = default_workers()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.serve_child:
-        serve_child(args.redis_url, args.port, not args.no_auth)
+        serve_child(args.redis_url, args.port, not args.no_auth, args.workers)
         return 0
     if args.quick:
         _apply_quick(parser, args, raw_argv)
@@ -1587,12 +1607,12 @@ def main(argv: Sequence[str] | None = None, on_populated: Callable[[dict[str, An
         # -- HTTP ---------------------------------------------------------------------------------
         if "http" not in args.skip:
             auth = not args.no_auth
-            _log("HTTP: starting the server subprocess (uvicorn, 1 worker) on 127.0.0.1")
+            _log(f"HTTP: starting the server subprocess (uvicorn, {args.workers} worker(s)) on 127.0.0.1")
             server_code = code_hash()
-            server = start_server(redis_server.url, auth, workdir)
-            hpids = {**pids, "server": server.process.pid}
+            server = start_server(redis_server.url, auth, workdir, args.workers)
+            hpids = {**pids, "server": server_pids(server, args.workers)}
             results["http"] = {"server": {"app": "parity.serving.server.build_app (create_app)",
-                                          "uvicorn": "1 worker, uvloop, httptools, log level warning "
+                                          "uvicorn": f"{args.workers} worker(s), uvloop, httptools, log level warning "
                                                      "(run_server's options)",
                                           "auth": auth, "feature_logger": None, "code_sha256": server_code,
                                           "bind": f"127.0.0.1:{server.port}"},

@@ -35,6 +35,22 @@ def proc_cpu(pid: int) -> float | None:
         return None
 
 
+def _group_cpu(pid: int | Sequence[int]) -> float | None | list[float | None]:
+    return proc_cpu(pid) if isinstance(pid, int) else [proc_cpu(p) for p in pid]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (from ``/proc``; empty when it has none or is gone)."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return sorted(set(out))
+
+
 def machine_busy() -> float:
     """Busy CPU seconds of the whole machine so far (all cores, from ``/proc/stat``)."""
     try:
@@ -50,23 +66,30 @@ class CpuWatch:
     ``with CpuWatch(pids) as cpu: ...`` (then ``cpu.report``) or ``watch = CpuWatch(pids).begin()``
     ... ``watch.end()`` (returns the report; call it while the processes still run)."""
 
-    def __init__(self, pids: dict[str, int]):
+    def __init__(self, pids: dict[str, int | Sequence[int]]):
+        """``pids``: a name per process, or per group of processes (a list: their sum, e.g. a
+        server's supervisor and its workers; each member is reported in ``members_cpu_s``)."""
         self.pids = dict(pids)
         self.report: dict[str, Any] = {}
 
     def begin(self) -> "CpuWatch":
         self.t0 = time.perf_counter()
         self.busy0 = machine_busy()
-        self.cpu0 = {name: proc_cpu(pid) for name, pid in self.pids.items()}
+        self.cpu0 = {name: _group_cpu(pid) for name, pid in self.pids.items()}
         return self
 
     def end(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.t0
         busy = machine_busy() - self.busy0
-        per = {}
+        per, members = {}, {}
         for name, pid in self.pids.items():
-            before, after = self.cpu0.get(name), proc_cpu(pid)
-            per[name] = None if before is None or after is None else round(after - before, 2)
+            before, after = self.cpu0.get(name), _group_cpu(pid)
+            if isinstance(before, list) and isinstance(after, list):
+                spent = [None if b is None or a is None else round(a - b, 2) for b, a in zip(before, after)]
+                members[name] = spent
+                per[name] = None if None in spent else round(sum(spent), 2)
+            else:
+                per[name] = None if before is None or after is None else round(after - before, 2)
         known = sum(v for v in per.values() if v is not None)
         other = max(0.0, busy - known)
         cores = os.cpu_count() or 1
@@ -77,6 +100,8 @@ class CpuWatch:
             "pct_of_one_core": {**{k: (None if v is None else round(100 * v / wall, 1)) for k, v in per.items()},
                                 "other_processes": round(100 * other / wall, 1) if wall else None},
         }
+        if members:
+            self.report["members_cpu_s"] = members
         return self.report
 
     def __enter__(self) -> "CpuWatch":

@@ -52,7 +52,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -132,47 +131,91 @@ def _authorizer(tokens: list[str]):
 # -- metrics ------------------------------------------------------------------------------
 
 class _Metrics:
-    """Per-app Prometheus registry. Reader and logger counters, and the stream engine's
-    freshness figures (:mod:`parity.serving.stream_metrics`), are read at scrape time."""
+    """The app's Prometheus metrics.
 
-    def __init__(self, reader: OnlineReader, feature_logger: FeatureLogger | None) -> None:
+    Without ``shared_dir`` (one process: ``parity serve --workers 1``, the in-process app of
+    tests and ``FeatureStore``) the app has its own registry and a scrape reports this
+    process. With ``shared_dir`` (a worker of ``parity serve``) every counter and histogram
+    is kept in prometheus_client's multiprocess files in that directory (the supervisor
+    creates it before forking the workers), and a scrape reports their sum over every worker
+    that ever ran in it: the living ones and the ones that died, whose counts stay.
+
+    The reader's and the serving cache's counters are plain integers bumped on the lookup
+    path; they are copied into counters (by their increase since the last copy) when a
+    request ends and at scrape time. The feature logger's are counted as they change. The
+    stream engine's freshness figures (:mod:`parity.serving.stream_metrics`) are read from
+    Redis at scrape time by the worker scraped, so they appear once."""
+
+    def __init__(self, reader: OnlineReader, feature_logger: FeatureLogger | None,
+                 shared_dir: str | None = None) -> None:
+        import threading
+
         self.registry = CollectorRegistry(auto_describe=True)
         # first: a scrape that cannot read Redis counts parity_errors{type="metrics_redis"} before it is collected
         self.registry.register(StreamMetrics(reader.client, reader.project, reader.defs,
                                              on_error=lambda kind: self.errors.labels(kind).inc()))
+        own = self.registry
+        if shared_dir is not None:
+            from prometheus_client import multiprocess
+
+            _multiprocess_values(shared_dir)
+            multiprocess.MultiProcessCollector(self.registry, path=shared_dir)
+            own = None  # the metrics below are collected from the files, every worker's
         self.lookup = Histogram("parity_lookup_seconds", "Time of one online lookup (Redis round trip and merge)",
-                                buckets=LOOKUP_BUCKETS, registry=self.registry)
+                                buckets=LOOKUP_BUCKETS, registry=own)
         self.requests = Counter("parity_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "code"], registry=self.registry)
-        self.errors = Counter("parity_errors", "Error responses by error type", ["type"], registry=self.registry)
+                                ["endpoint", "code"], registry=own)
+        self.errors = Counter("parity_errors", "Error responses by error type", ["type"], registry=own)
         self.fast_path = Counter("parity_fast_path_answers", "POST /v1/features answered by the fast path (the "
-                                 "rest went through the framework's route)", registry=self.registry)
-        self.reader, self.feature_logger = reader, feature_logger
-        self.registry.register(self)
-
-    def describe(self) -> list:
-        return []
-
-    def collect(self):
-        stats = self.reader.stats
-        yield CounterMetricFamily("parity_redis_round_trips", "Redis round trips of lookups", stats.round_trips)
-        yield CounterMetricFamily("parity_lookup_entities", "Entity rows looked up", stats.entities)
-        cache = self.reader.cache
+                                 "rest went through the framework's route)", registry=own)
+        self.reader = reader
+        self._lock = threading.Lock()
+        # (counter, object, attribute, value copied so far): the reader's and the cache's integers
+        self._copied: list[list[Any]] = [
+            [Counter("parity_redis_round_trips", "Redis round trips of lookups", registry=own),
+             reader.stats, "round_trips", 0],
+            [Counter("parity_lookup_entities", "Entity rows looked up", registry=own), reader.stats, "entities", 0]]
+        cache = reader.cache
         if cache is not None:
-            kept = cache.stats
-            yield CounterMetricFamily("parity_tile_cache_hits", "Entities whose complete window parts were kept "
-                                      "(only their open tile read)", kept.hits)
-            yield CounterMetricFamily("parity_tile_cache_fresh", "Hits whose open tile's fold was kept too (nothing "
-                                      "of them read)", kept.fresh)
-            yield CounterMetricFamily("parity_tile_cache_misses", "Entities of cached views read in full", kept.misses)
-            yield CounterMetricFamily("parity_tile_cache_rereads", "Kept entities found changed after the read, "
-                                      "read again", kept.reread)
-        if self.feature_logger is not None:
-            logged = self.feature_logger.stats
-            yield CounterMetricFamily("parity_feature_log_dropped", "Sampled responses dropped (queue full)",
-                                      logged["dropped"])
-            yield CounterMetricFamily("parity_feature_log_written_rows", "Feature log rows written to Parquet",
-                                      logged["written_rows"])
+            for name, attribute, text in (
+                    ("parity_tile_cache_hits", "hits", "Entities whose complete window parts were kept (only their "
+                                                       "open tile read)"),
+                    ("parity_tile_cache_fresh", "fresh", "Hits whose open tile's fold was kept too (nothing of them "
+                                                         "read)"),
+                    ("parity_tile_cache_misses", "misses", "Entities of cached views read in full"),
+                    ("parity_tile_cache_rereads", "reread", "Kept entities found changed after the read, read again")):
+                self._copied.append([Counter(name, text, registry=own), cache.stats, attribute, 0])
+        self.copy()
+        if feature_logger is not None:
+            logged = {"dropped": Counter("parity_feature_log_dropped", "Sampled responses dropped (queue full)",
+                                         registry=own),
+                      "written_rows": Counter("parity_feature_log_written_rows", "Feature log rows written to Parquet",
+                                              registry=own)}
+            feature_logger.watch(lambda name, n: logged[name].inc(n) if name in logged else None)
+
+    def copy(self) -> None:
+        """Add to each copied counter what its integer grew by since the last copy."""
+        with self._lock:
+            for entry in self._copied:
+                value = getattr(entry[1], entry[2])
+                if value != entry[3]:
+                    entry[0].inc(value - entry[3])
+                    entry[3] = value
+
+    def scrape(self) -> bytes:
+        self.copy()
+        return generate_latest(self.registry)
+
+
+def _multiprocess_values(shared_dir: str) -> None:
+    """From now on, metrics created in this process keep their values in ``shared_dir``'s
+    multiprocess files (prometheus_client chooses its value class when it is imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``; a worker chooses after the fork)."""
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared_dir
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -287,6 +330,7 @@ class _Observe:
         finally:
             path = scope.get("path", "")
             self.metrics.requests.labels(path if path in ENDPOINTS else "other", str(status)).inc()
+            self.metrics.copy()
 
 
 class _FastFeatures:
@@ -372,16 +416,19 @@ def _feature_set(service: str | None, features: list[str] | None) -> str:
 
 
 def create_app(reader: OnlineReader, *, tokens: list[str], require_auth: bool,
-               feature_logger: FeatureLogger | None = None, project: str) -> FastAPI:
+               feature_logger: FeatureLogger | None = None, project: str,
+               metrics_dir: str | None = None) -> FastAPI:
     """The serving app for ``reader``. When ``require_auth`` or ``tokens`` are given, every
     endpoint but ``/v1/health`` needs ``Authorization: Bearer <token>``. A ``feature_logger``
-    gets every answered request after the response is sent, and is closed on shutdown."""
+    gets every answered request after the response is sent, and is closed on shutdown.
+    ``metrics_dir``: the multiprocess metrics directory shared by the workers of one server
+    (``/metrics`` then reports all of them, see :class:`_Metrics`); None for one process."""
     auth_on = bool(require_auth or tokens)
     if auth_on and not tokens:
         raise ConfigError("authentication is required but no token is configured",
                           hint="set serving.auth_tokens or PARITY_AUTH_TOKENS")
     protected = [Depends(_authorizer(tokens))] if auth_on else []
-    metrics = _Metrics(reader, feature_logger)
+    metrics = _Metrics(reader, feature_logger, metrics_dir)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -449,7 +496,7 @@ def create_app(reader: OnlineReader, *, tokens: list[str], require_auth: bool,
              summary="Prometheus metrics", responses={200: {"content": {"text/plain": {}}}, **(
                  {401: errors[401]} if auth_on else {})})
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.scrape(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
     async def openapi() -> JSONResponse:

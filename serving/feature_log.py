@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from parity.registry.types import arrow_type as _arrow_type
 from parity.errors import ParityError
@@ -117,6 +117,7 @@ class FeatureLogger:
         self._lock = threading.Lock()
         self._stats = {"sampled": 0, "skipped": 0, "dropped": 0, "written_rows": 0, "files": 0, "errors": 0}
         self._closed = False
+        self._watchers: list[Callable[[str, int], None]] = []
         self._thread = threading.Thread(target=self._run, name="parity-feature-log", daemon=True)
         self._thread.start()
 
@@ -126,9 +127,22 @@ class FeatureLogger:
         with self._lock:
             return dict(self._stats)
 
+    def watch(self, counted: Callable[[str, int], None]) -> None:
+        """Call ``counted(name, n)`` whenever a counter of ``stats`` grows by ``n`` (from any
+        thread, the writer's included), and now with each counter's count so far."""
+        with self._lock:
+            self._watchers.append(counted)
+            counts = dict(self._stats)
+        for name, n in counts.items():
+            if n:
+                counted(name, n)
+
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._stats[name] += n
+            watchers = tuple(self._watchers)
+        for counted in watchers:
+            counted(name, n)
 
     def log(self, *, request_id: str, now_us: int, feature_set: str, keys: dict[str, tuple[str, list]],
             columns: list[LoggedColumn], values: dict[str, list], statuses: dict[str, list[str]],
@@ -215,9 +229,9 @@ class FeatureLogger:
             log.exception("feature log: failed to write %d requests to %s", len(requests), directory)
             self._count("errors")
             return
-        with self._lock:
-            self._stats["written_rows"] += table.num_rows
-            self._stats["files"] += 1 if table.num_rows else 0
+        if table.num_rows:
+            self._count("written_rows", table.num_rows)
+            self._count("files")
 
     def _converts(self, request: _Request) -> bool:
         try:

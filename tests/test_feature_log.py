@@ -260,3 +260,27 @@ def test_closed_logger_drops(make_logger):
     logger.close()
     assert logger.log(**request(0)) is False
     assert logger.stats["dropped"] == 1
+
+
+def test_a_watcher_sees_every_count_from_every_thread(make_logger, tmp_path):
+    logger = make_logger(sample_rate=0.5, seed=3, flush_rows=5, queue_size=4)
+    for i in range(30):  # counted before the watcher: reported when it starts watching
+        logger.log(**request(i))
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def counted(name: str, n: int) -> None:
+        with lock:
+            seen[name] = seen.get(name, 0) + n
+
+    logger.watch(counted)
+    threads = [threading.Thread(target=lambda k=k: [logger.log(**request(100 * k + i, rows=3)) for i in range(50)])
+               for k in range(1, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    logger.flush()
+    stats = logger.stats
+    assert stats["written_rows"] > 0 and stats["skipped"] > 0
+    assert seen == {name: n for name, n in stats.items() if n}
