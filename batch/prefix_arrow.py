@@ -50,14 +50,16 @@ from parity.registry.semantics import Window, counted_before, empty_value, outpu
 from parity.registry.types import FLOAT_TYPES
 
 PATHS = ("auto", "arrow", "duckdb")
-MEMORY_SHARE = 2  # in memory when the working set is at most 1/MEMORY_SHARE of batch.memory_limit;
-# while its arrays live, DuckDB's limit is lowered by the working set (engine.py)
-ROW_BYTES = 64  # per event: ts and codes as read, combined key, sort order, sorted key, one running total
-ATOM_ROW_BYTES = {"count": 1, "int": 8, "float": 24}  # per event and atom, as read (floats: value, limb, copy)
-POINT_BYTES = 112  # per point: t, codes, combined key, sort order, sorted t and base, the probe at t
+SHARE = (3, 4)  # in memory when the working set is at most 3/4 of batch.memory_limit; while its arrays
+# live, DuckDB's limit is lowered by the working set (running_table), so both stay within the limit
+ROW_BYTES = 48  # per event: ts and codes as read, combined key, sort order, sorted key (not all at once)
+ATOM_ROW_BYTES = {"count": 1, "int": 8, "float": 8}  # per event and atom, as read
+POINT_BYTES = 64  # per point: t, codes, combined key, sort order, sorted t and base, the probe at t
 PROBE_BYTES = 8  # per point and window start: its index into the running totals
-PAIR_BYTES = 8  # per point and (atom, window start): a difference
-FEATURE_BYTES = 16  # per point and feature: the value in probe order, then in the points' order
+PAIR_BYTES = 8  # per point, (atom, window start) and limb: a difference
+FEATURE_BYTES = 8  # per point and feature: the value
+# (calibrated on the benchmark, 50M events and 10M points: user_engagement's 12 features
+# estimated 7.1 GB, measured 6.3 GB more peak RSS; video_engagement's 6.8 GB, measured 4.6)
 LIMB_BITS = 32
 INT64_HEADROOM = 2.0 ** 62  # one limb suffices while every total stays below this
 MAX_ROWS = 1 << 30  # lower limbs are below 2**32: their running totals fit int64 up to here
@@ -117,7 +119,7 @@ def working_set(defs: Definitions, group: PrefixGroup, rows: int, points: int) -
     plan = plan_of(defs, group)
     keys = len(defs.entity(group.view.entity).join_keys)
     per_row = ROW_BYTES + 8 * keys + sum(ATOM_ROW_BYTES[atom.kind] for atom in plan.atoms)
-    pairs = sum(3 if plan.atoms[atom].kind == "float" else 1 for atom, _ in plan.pairs())
+    pairs = sum(2 if plan.atoms[atom].kind == "float" else 1 for atom, _ in plan.pairs())
     per_point = (POINT_BYTES + 8 * keys + PROBE_BYTES * len(plan.windows) + PAIR_BYTES * pairs
                  + FEATURE_BYTES * len(plan.features))
     return rows * per_row + points * per_point
@@ -125,14 +127,15 @@ def working_set(defs: Definitions, group: PrefixGroup, rows: int, points: int) -
 
 def choose(requested: str, defs: Definitions, group: PrefixGroup, rows: int, points: int, memory_limit: int) -> str:
     """``"arrow"`` or ``"duckdb"``: the requested path, or with ``"auto"`` the in-memory path
-    exactly when its :func:`working_set` is at most ``memory_limit / MEMORY_SHARE``."""
+    exactly when its :func:`working_set` is at most ``SHARE`` (3/4) of ``memory_limit``."""
     if requested not in PATHS:
         from parity.errors import ParityError
 
         raise ParityError(f"unknown running-total path {requested!r}", hint=f"use one of {', '.join(PATHS)}")
     if requested != "auto":
         return requested
-    return "arrow" if working_set(defs, group, rows, points) * MEMORY_SHARE <= memory_limit else "duckdb"
+    part, whole = SHARE
+    return "arrow" if working_set(defs, group, rows, points) * whole <= memory_limit * part else "duckdb"
 
 
 def rows_sql(defs: Definitions, group: PrefixGroup, plan: Plan, events: str, points: str) -> str:
@@ -323,7 +326,8 @@ def running_table(con, defs: Definitions, group: PrefixGroup, events: str, point
         from parity.batch.engine import _bytes
 
         limit = _bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
-        con.execute(f"SET memory_limit = '{max(limit - reserve, limit // MEMORY_SHARE)}B'")
+        part, whole = SHARE
+        con.execute(f"SET memory_limit = '{max(limit - reserve, limit * (whole - part) // whole)}B'")
     try:
         at = con.sql(f"SELECT {', '.join(keys)}, __t FROM {points}").to_arrow_table(BATCH_ROWS)
         rows = con.sql(rows_sql(defs, group, plan, events, points)).to_arrow_table(BATCH_ROWS)
@@ -336,5 +340,5 @@ def running_table(con, defs: Definitions, group: PrefixGroup, events: str, point
     return pa.Table.from_arrays([*at.columns, *values], names=[*at.column_names, *(f[0] for f in plan.features)])
 
 
-__all__ = ["PATHS", "choose", "working_set", "plan_of", "rows_sql", "running_values", "running_table", "limb",
+__all__ = ["PATHS", "SHARE", "choose", "working_set", "plan_of", "rows_sql", "running_values", "running_table", "limb",
            "limbs_to_double", "limb_count"]

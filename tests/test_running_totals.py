@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from parity.batch.engine import Phases, connect, run_training_set
 from parity.batch.prefix import SCALES, PrefixGroup
-from parity.batch.prefix_arrow import MEMORY_SHARE, choose, limb, limb_count, limbs_to_double, working_set
+from parity.batch.prefix_arrow import SHARE, choose, limb, limb_count, limbs_to_double, working_set
 from parity.registry.models import Definitions, Entity, Feature, FeatureView, Source
 from parity.registry.resolve import resolve
 from parity.registry.semantics import feature_window
@@ -104,8 +104,10 @@ def test_dispatch_in_memory_while_the_working_set_fits_its_share():
                                for item in resolve(DEFS, features=["big:*"])])
     need = working_set(DEFS, group, 1_000_000, 100_000)
     assert need > 0
-    assert choose("auto", DEFS, group, 1_000_000, 100_000, need * MEMORY_SHARE) == "arrow"
-    assert choose("auto", DEFS, group, 1_000_000, 100_000, need * MEMORY_SHARE - 1) == "duckdb"
+    part, whole = SHARE
+    least = -(-need * whole // part)  # the smallest memory limit whose share holds the working set
+    assert choose("auto", DEFS, group, 1_000_000, 100_000, least) == "arrow"
+    assert choose("auto", DEFS, group, 1_000_000, 100_000, least - 1) == "duckdb"
     assert working_set(DEFS, group, 2_000_000, 100_000) > need  # grows with the rows
     assert choose("duckdb", DEFS, group, 1, 1, 10 ** 12) == "duckdb"
     assert choose("arrow", DEFS, group, 10 ** 12, 10 ** 12, 1) == "arrow"
