@@ -60,9 +60,8 @@ PAIR_BYTES = 8  # per point, (atom, window start) and limb: a difference
 FEATURE_BYTES = 8  # per point and feature: the value
 # (calibrated on the benchmark, 50M events and 10M points: user_engagement's 12 features
 # estimated 7.1 GB, measured 6.3 GB more peak RSS; video_engagement's 6.8 GB, measured 4.6)
-LIMB_BITS = 32
-INT64_HEADROOM = 2.0 ** 62  # one limb suffices while every total stays below this
-MAX_ROWS = 1 << 30  # lower limbs are below 2**32: their running totals fit int64 up to here
+INT64_HEADROOM = 62  # bits: every running total of a limb stays below 2**62
+MAX_ROWS = 1 << 30  # lower limbs get at least 32 bits up to here
 
 
 @dataclass(frozen=True)
@@ -138,49 +137,62 @@ def choose(requested: str, defs: Definitions, group: PrefixGroup, rows: int, poi
     return "arrow" if working_set(defs, group, rows, points) * whole <= memory_limit * part else "duckdb"
 
 
+def flag_column(plan: Plan, index: int) -> tuple[str, int]:
+    """Where count atom ``index`` is read: the packed flags column and its bit (eight a byte)."""
+    counts = [i for i, atom in enumerate(plan.atoms) if atom.kind == "count"]
+    at = counts.index(index)
+    return f"__f{at // 8}", at % 8
+
+
 def rows_sql(defs: Definitions, group: PrefixGroup, plan: Plan, events: str, points: str) -> str:
-    """The events in scope: keys ``__k*``, ``__ts``, then ``__a<i>`` per atom (never null)."""
+    """The events in scope: keys ``__k*``, ``__ts``, ``__a<i>`` per sum atom (0 when the
+    event does not count), and the count atoms' flags packed eight to a byte ``__f<j>``."""
     keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
     parts = [*keys, "__ts"]
+    flags: dict[str, list[str]] = {}
     for i, atom in enumerate(plan.atoms):
         if atom.kind == "count":
-            parts.append(f"coalesce({atom.counted}, FALSE) AS __a{i}")
+            column, bit = flag_column(plan, i)
+            flags.setdefault(column, []).append(f"(CASE WHEN {atom.counted} THEN {1 << bit} ELSE 0 END)")
         elif atom.kind == "int":
             parts.append(f"(CASE WHEN {atom.counted} THEN {q(atom.column)} ELSE 0 END)::BIGINT AS __a{i}")
         else:
             parts.append(f"(CASE WHEN {atom.counted} THEN {q(atom.column)}::DOUBLE ELSE 0 END)::DOUBLE AS __a{i}")
+    parts += [f"({' + '.join(bits)})::UTINYINT AS {column}" for column, bits in flags.items()]
     return f"SELECT {', '.join(parts)} " + scope_sql(defs, group, events, points)
 
 
-def limb_count(largest: float, rows: int) -> int:
-    """32-bit limbs needed so that every running total of the top limb stays below 2**62
-    (``largest``: the greatest ``|x| * 2**S``)."""
+def limb_layout(largest: float, rows: int) -> tuple[int, int]:
+    """``(limbs, bits)``: each lower limb holds ``bits`` bits, as many as keep a running
+    total of ``rows`` of them below ``2**62``; limbs are added until the top limb's totals
+    stay below ``2**62`` too (``largest``: the greatest ``|x| * 2**S``)."""
+    bits = INT64_HEADROOM - max(rows, 1).bit_length()
     bound = largest * rows
     limbs = 1
-    while bound >= INT64_HEADROOM * 2.0 ** (LIMB_BITS * (limbs - 1)):
+    while bound >= 2.0 ** (INT64_HEADROOM + bits * (limbs - 1)):
         limbs += 1
-    return limbs
+    return limbs, bits
 
 
-def limb(x, scale: int, index: int, limbs: int):
+def limb(x, scale: int, index: int, limbs: int, bits: int):
     """Limb ``index`` (0: least significant) of the integers ``x * 2**scale`` (``x`` float64,
-    each a multiple of ``2**-scale``), as int64: bits ``32 * index`` and up, below ``32 *
+    each a multiple of ``2**-scale``), as int64: bits ``bits * index`` and up, below ``bits *
     (index + 1)`` but for the top limb, with the sign of ``x``. Exact: scaling by powers of
     two and truncating are exact, and so is the difference of two truncations that agree
-    above bit ``32 * (index + 1)`` (Sterbenz)."""
+    above bit ``bits * (index + 1)`` (Sterbenz)."""
     import numpy as np
 
-    high = np.trunc(x * 2.0 ** (scale - LIMB_BITS * index))
+    high = np.trunc(x * 2.0 ** (scale - bits * index))
     if index == limbs - 1:
         return high.astype(np.int64)
-    above = np.trunc(x * 2.0 ** (scale - LIMB_BITS * (index + 1))) * 2.0 ** LIMB_BITS
+    above = np.trunc(x * 2.0 ** (scale - bits * (index + 1))) * 2.0 ** bits
     return (high - above).astype(np.int64)
 
 
-def limbs_to_double(diffs: list, scale: int):
-    """The float64 nearest (within a few roundings) to ``sum(diffs[k] * 2**(32k)) * 2**-scale``,
-    the differences being exact int64 per limb: carried into non-negative lower limbs (of
-    the magnitude, so no terms cancel), then summed from the top."""
+def limbs_to_double(diffs: list, scale: int, bits: int):
+    """The float64 nearest (within a few roundings) to ``sum(diffs[k] * 2**(bits * k)) *
+    2**-scale``, the differences being exact int64 per limb: carried into non-negative lower
+    limbs (of the magnitude, so no terms cancel), then summed from the top."""
     import numpy as np
 
     if len(diffs) == 1:
@@ -190,8 +202,8 @@ def limbs_to_double(diffs: list, scale: int):
         out, carry = [], 0
         for part in parts[:-1]:
             part = part + carry
-            carry = part >> LIMB_BITS
-            out.append(part & ((1 << LIMB_BITS) - 1))
+            carry = part >> bits
+            out.append(part & ((1 << bits) - 1))
         out.append(parts[-1] + carry)
         return out
 
@@ -200,14 +212,15 @@ def limbs_to_double(diffs: list, scale: int):
     minus = carried([-d for d in diffs]) if negative.any() else plus
     value = np.zeros(len(diffs[0]), dtype=np.float64)
     for k in range(len(diffs) - 1, -1, -1):
-        value += np.where(negative, minus[k], plus[k]).astype(np.float64) * 2.0 ** (LIMB_BITS * k - scale)
+        value += np.where(negative, minus[k], plus[k]).astype(np.float64) * 2.0 ** (bits * k - scale)
     return np.where(negative, -value, value)
 
 
-def running_values(plan: Plan, rows, point_keys: list, t) -> list | None:
-    """Each feature's values (Arrow arrays, in the order of ``plan.features``) at the points
-    ``(point_keys, t)`` (``t`` int64 microseconds), from ``rows`` (the Arrow result of
-    :func:`rows_sql`); None when a bound fails (the caller computes the group in DuckDB)."""
+def running_values(plan: Plan, rows, point_keys: list, t):
+    """Each feature's values at the points ``(point_keys, t)`` (``t`` int64 microseconds),
+    from ``rows`` (the Arrow result of :func:`rows_sql`): ``(order, values)``, the values
+    (Arrow arrays, in the order of ``plan.features``) being those of the points taken in
+    ``order``; None when a bound fails (the caller computes the group in DuckDB)."""
     import numpy as np
     import pyarrow as pa
 
@@ -247,22 +260,28 @@ def running_values(plan: Plan, rows, point_keys: list, t) -> list | None:
 
     pairs = plan.pairs()
     diffs: dict[tuple[int, int], list] = {}  # (atom, window) -> the difference per limb
+    layout: dict[int, tuple[int, int]] = {}  # float atom -> (limbs, bits)
+    packed: dict[str, object] = {}  # flags column -> its bytes in event order
     for index, atom in enumerate(plan.atoms):
-        values = rows.column(f"__a{index}").to_numpy(zero_copy_only=False)
-        rows = rows.drop_columns([f"__a{index}"])
         if atom.kind == "count":
-            parts = [values[order]]
-        elif atom.kind == "int":
-            largest = max(int(values.max()), -int(values.min())) if n else 0
-            if largest * n >= 2 ** 63:
-                return None
-            parts = [values[order]]
+            column, bit = flag_column(plan, index)
+            if column not in packed:
+                packed[column] = rows.column(column).to_numpy()[order]
+            parts = [(packed[column] >> bit) & 1]
         else:
-            largest = float(np.abs(values).max()) * 2.0 ** atom.scale if n else 0.0
-            limbs = limb_count(largest, n)
-            values = values[order]
-            parts = [limb(values, atom.scale, k, limbs) for k in range(limbs)]
-        del values
+            values = rows.column(f"__a{index}").to_numpy()
+            rows = rows.drop_columns([f"__a{index}"])
+            if atom.kind == "int":
+                largest = max(int(values.max()), -int(values.min())) if n else 0
+                if largest * n >= 2 ** 63:
+                    return None
+                parts = [values[order]]
+            else:
+                largest = float(np.abs(values).max()) * 2.0 ** atom.scale if n else 0.0
+                layout[index] = limbs, bits = limb_layout(largest, n)
+                values = values[order]
+                parts = [limb(values, atom.scale, k, limbs, bits) for k in range(limbs)]
+            del values
         results = [[] for _ in plan.windows]
         for part in parts:
             totals = np.zeros(n + 1, dtype=np.int64)
@@ -276,10 +295,8 @@ def running_values(plan: Plan, rows, point_keys: list, t) -> list | None:
             if (index, window) in pairs:
                 diffs[index, window] = results[window]
         del parts
-    del order
+    del order, packed, rows
 
-    unsort = np.empty(len(by_point), dtype=np.int64)
-    unsort[by_point] = np.arange(len(by_point), dtype=np.int64)
     out = []
     for _name, agg, dtype, roles, window in plan.features:
         empty = None  # points whose window has no counted event, where the value is not 0
@@ -288,7 +305,7 @@ def running_values(plan: Plan, rows, point_keys: list, t) -> list | None:
         else:
             atom = plan.atoms[roles["s"]]
             parts = diffs[roles["s"], window]
-            total = limbs_to_double(parts, atom.scale) if atom.kind == "float" else parts[0]
+            total = limbs_to_double(parts, atom.scale, layout[roles["s"]][1]) if atom.kind == "float" else parts[0]
             if agg == "sum":
                 value = total
             else:
@@ -296,17 +313,15 @@ def running_values(plan: Plan, rows, point_keys: list, t) -> list | None:
                 empty = count == 0
                 value = total.astype(np.float64) / np.where(empty, 1, count)
         # counts and sums of an empty window are 0, as the difference is; a mean's is empty_value's
-        kind = arrow_type(output_dtype(agg, dtype))
-        value = value[unsort].astype(kind.to_pandas_dtype(), copy=False)
+        value = value.astype(arrow_type(output_dtype(agg, dtype)).to_pandas_dtype(), copy=False)
         if empty is not None and empty.any():
             fill = empty_value(agg, dtype)
-            empty = empty[unsort]
             if fill is not None:
                 value[empty] = fill
             out.append(pa.array(value, mask=empty if fill is None else None))
         else:
             out.append(pa.array(value))
-    return out
+    return by_point, out
 
 
 def running_table(con, defs: Definitions, group: PrefixGroup, events: str, points: str, reserve: int = 0):
@@ -331,14 +346,16 @@ def running_table(con, defs: Definitions, group: PrefixGroup, events: str, point
     try:
         at = con.sql(f"SELECT {', '.join(keys)}, __t FROM {points}").to_arrow_table(BATCH_ROWS)
         rows = con.sql(rows_sql(defs, group, plan, events, points)).to_arrow_table(BATCH_ROWS)
-        values = running_values(plan, rows, at.columns[:len(keys)], at.column("__t").to_numpy())
+        found = running_values(plan, rows, at.columns[:len(keys)], at.column("__t").to_numpy())
     finally:
         if reserve:
             con.execute(f"SET memory_limit = '{limit}B'")
-    if values is None:
+    if found is None:
         return None
-    return pa.Table.from_arrays([*at.columns, *values], names=[*at.column_names, *(f[0] for f in plan.features)])
+    order, values = found  # the points in the order of the values (the caller joins on keys and t)
+    return pa.Table.from_arrays([*at.take(pa.array(order)).columns, *values],
+                                names=[*at.column_names, *(f[0] for f in plan.features)])
 
 
 __all__ = ["PATHS", "SHARE", "choose", "working_set", "plan_of", "rows_sql", "running_values", "running_table", "limb",
-           "limbs_to_double", "limb_count"]
+           "limbs_to_double", "limb_layout"]

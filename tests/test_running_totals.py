@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from parity.batch.engine import Phases, connect, run_training_set
 from parity.batch.prefix import SCALES, PrefixGroup
-from parity.batch.prefix_arrow import SHARE, choose, limb, limb_count, limbs_to_double, working_set
+from parity.batch.prefix_arrow import SHARE, choose, limb, limb_layout, limbs_to_double, working_set
 from parity.registry.models import Definitions, Entity, Feature, FeatureView, Source
 from parity.registry.resolve import resolve
 from parity.registry.semantics import feature_window
@@ -39,15 +39,15 @@ def test_limbs_are_exact_and_differences_round_once_or_so(case, data):
     scale, values = case
     x = np.array(values, dtype=np.float64)
     largest = float(np.abs(x).max()) * 2.0 ** scale
-    limbs = limb_count(largest, len(x))
-    parts = [limb(x, scale, k, limbs) for k in range(limbs)]
+    limbs, bits = limb_layout(largest, len(x))
+    parts = [limb(x, scale, k, limbs, bits) for k in range(limbs)]
     for i, value in enumerate(values):  # every value, exactly, from its limbs
-        assert sum(int(p[i]) << (32 * k) for k, p in enumerate(parts)) == Fraction(value) * 2 ** scale
+        assert sum(int(p[i]) << (bits * k) for k, p in enumerate(parts)) == Fraction(value) * 2 ** scale
     totals = [np.concatenate([[0], np.cumsum(p)]) for p in parts]
     pairs = data.draw(st.lists(st.tuples(st.integers(0, len(x)), st.integers(0, len(x))), min_size=1, max_size=20))
     hi = np.array([b for _, b in pairs])
     lo = np.array([a for a, _ in pairs])
-    got = limbs_to_double([t[hi] - t[lo] for t in totals], scale)
+    got = limbs_to_double([t[hi] - t[lo] for t in totals], scale, bits)
     for (a, b), g in zip(pairs, got):
         want = sum(Fraction(v) for v in values[:b]) - sum(Fraction(v) for v in values[:a])
         if want == 0:
