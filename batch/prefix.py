@@ -108,10 +108,11 @@ def counted_sql(feature: Feature, schema: dict[str, str]) -> str:
     return where if feature.column is None else f"({where}) AND {q(feature.column)} IS NOT NULL"
 
 
-def scope_sql(defs: Definitions, group: PrefixGroup, events: str, points: str) -> str:
+def scope_sql(defs: Definitions, group: PrefixGroup, events: str, points: str, by_key: bool = True) -> str:
     """``FROM ... WHERE ...``: the view's events that some point's totals need: a key of
-    ``points``, before the last point, and (no lifetime window) not before the earliest
-    window start (earlier events add the same to every probe of their entity)."""
+    ``points`` (only ``by_key``: else every non-null key), before the last point, and (no
+    lifetime window) not before the earliest window start (earlier events add the same to
+    every probe of their entity)."""
     keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
     key_list = ", ".join(keys)
     not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
@@ -119,6 +120,8 @@ def scope_sql(defs: Definitions, group: PrefixGroup, events: str, points: str) -
     if not any(window.is_lifetime for _, window in group.features):
         longest = max(window.length + window.hop for _, window in group.features)
         bounds.append(f"__ts >= (SELECT min(__t) FROM {points}) - {longest}")
+    if not by_key:
+        return f"FROM ({events}) WHERE {not_null} AND {' AND '.join(bounds)}"
     return (f"FROM ({events}) SEMI JOIN (SELECT DISTINCT {key_list} FROM {points} WHERE {not_null}) "
             f"USING ({key_list}) WHERE {' AND '.join(bounds)}")
 

@@ -3,9 +3,10 @@
 The same method as :mod:`parity.batch.prefix` (the value over ``[S, t)`` is ``C(t) - C(S)``,
 ``C(x)`` the total of the entity's events counting at ``x``), with no ASOF join:
 
-1. DuckDB reads the events some point needs (:func:`parity.batch.prefix.scope_sql`) once
-   into Arrow: keys, ``ts``, and one column per distinct partial ("atom"): a flag for a
-   count, the value (0 when the event does not count) for a sum;
+1. DuckDB reads the events some point may need (:func:`parity.batch.prefix.scope_sql`:
+   non-null keys, times within the points' windows) once into Arrow: keys, ``ts``, and
+   one column per distinct partial ("atom"): the value (0 when the event does not count)
+   for a sum, a flag for a count (flags packed eight to a byte);
 2. keys become integer codes shared with the points
    (:func:`parity.batch.latest_arrow.encode_keys`); each event gets the combined key
    ``code * span + (ts - tmin)`` (one int64; ``span`` covers every ``ts`` and probe), and
@@ -159,7 +160,8 @@ def rows_sql(defs: Definitions, group: PrefixGroup, plan: Plan, events: str, poi
         else:
             parts.append(f"(CASE WHEN {atom.counted} THEN {q(atom.column)}::DOUBLE ELSE 0 END)::DOUBLE AS __a{i}")
     parts += [f"({' + '.join(bits)})::UTINYINT AS {column}" for column, bits in flags.items()]
-    return f"SELECT {', '.join(parts)} " + scope_sql(defs, group, events, points)
+    # no semi join with the points' keys: an entity no point has only adds rows to the sort
+    return f"SELECT {', '.join(parts)} " + scope_sql(defs, group, events, points, by_key=False)
 
 
 def limb_layout(largest: float, rows: int) -> tuple[int, int]:
