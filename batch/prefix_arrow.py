@@ -59,8 +59,8 @@ POINT_BYTES = 64  # per point: t, codes, combined key, sort order, sorted t and 
 PROBE_BYTES = 8  # per point and window start: its index into the running totals
 PAIR_BYTES = 8  # per point, (atom, window start) and limb: a difference
 FEATURE_BYTES = 8  # per point and feature: the value
-# (calibrated on the benchmark, 50M events and 10M points: user_engagement's 12 features
-# estimated 7.1 GB, measured 6.3 GB more peak RSS; video_engagement's 6.8 GB, measured 4.6)
+# (on the high side: at 50M events and 10M points, user_engagement's 12 features are estimated
+# at 7.1 GB; a dev run's step peaked 5.5 GiB above the RSS before it, DuckDB included)
 INT64_HEADROOM = 62  # bits: every running total of a limb stays below 2**62
 MAX_ROWS = 1 << 30  # lower limbs get at least 32 bits up to here
 
