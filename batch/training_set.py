@@ -384,7 +384,8 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
             path, reserve = running_path(group)
             if path == "arrow":
                 deferred, more, sql_name = more, [], name
-                name = f"{group.view.name} v{group.view.version} running totals in memory ({len(group.features)} features)"
+                name = (f"{group.view.name} v{group.view.version} running totals in memory "
+                        f"({len(group.features)} features)")
                 arrow = (lambda con, g=group, e=events, p=points, r=reserve: running_table(con, defs, g, e, p, r))
         elif isinstance(group, RecentGroup):
             more, sql = recent_sql(defs, group, events, points, f"__g{index}", floor_sql)
