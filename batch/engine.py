@@ -140,11 +140,12 @@ def _execute(con, statement: str, phase: str):
 def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], spine: Any,
                      scan_of: Callable[[str], str], *, mode: str = "event_time", timestamp_column: str = "ts",
                      out: str | Path | None = None, progress: bool = False, phases: Phases | None = None,
-                     latest: str = "auto"):
+                     latest: str = "auto", running: str = "auto"):
     """Compute a training set; return an Arrow table, or write Parquet to ``out`` and return its path.
 
     ``latest`` says where latest values are computed: ``"auto"`` (in memory when the view's
-    rows fit, :func:`parity.batch.latest_arrow.choose`), ``"arrow"`` or ``"duckdb"``.
+    rows fit, :func:`parity.batch.latest_arrow.choose`), ``"arrow"`` or ``"duckdb"``;
+    ``running`` the same for running totals (:func:`parity.batch.prefix_arrow.choose`).
     """
     from parity.batch.latest_arrow import PATHS
     from parity.batch.training_set import MODES, float_scales, plan_groups, prepare_spine
@@ -153,6 +154,8 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
     if latest not in PATHS:
         raise ParityError(f"unknown latest-value path {latest!r}", hint=f"use one of {', '.join(PATHS)}")
+    if running not in PATHS:
+        raise ParityError(f"unknown running-total path {running!r}", hint=f"use one of {', '.join(PATHS)}")
     phases = phases if phases is not None else Phases()
     started = time.perf_counter()
     scales = float_scales(con, defs, resolved, scan_of, mode)
@@ -185,7 +188,11 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
                 return result
             con.execute("DROP VIEW __spine")  # some spine row sees two rows of its key: the general plan
             prepare_spine(con, defs, resolved, table, timestamp_column)
-        return _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path)
+        def running_path(group) -> tuple[str, int]:
+            return _running_path(con, defs, group, scan_of, rows, running)
+
+        return _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path,
+                           running_path)
     finally:
         if bar:
             bar.close()
@@ -201,6 +208,21 @@ def _latest_path(con, defs, group, scan_of, points: int, requested: str) -> str:
     rows = con.execute(f"SELECT count(*) FROM {scan_of(group.view.source)}").fetchall()[0][0]
     limit = _bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
     return choose(requested, defs, group, rows, points, limit)
+
+
+def _running_path(con, defs, group, scan_of, points: int, requested: str) -> tuple[str, int]:
+    """``("arrow", bytes)`` or ``("duckdb", 0)`` for a view's running totals
+    (:func:`parity.batch.prefix_arrow.choose` on the rows of the view's scan and DuckDB's
+    memory limit); ``bytes``: the estimated working set, taken from DuckDB's limit while
+    the arrays live (none when the path is forced: tests)."""
+    from parity.batch.prefix_arrow import choose, working_set
+
+    if requested != "auto":
+        return choose(requested, defs, group, 0, 0, 0), 0
+    rows = con.execute(f"SELECT count(*) FROM {scan_of(group.view.source)}").fetchall()[0][0]
+    limit = _bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+    path = choose(requested, defs, group, rows, points, limit)
+    return path, working_set(defs, group, rows, points) if path == "arrow" else 0
 
 
 def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column, out, phases, bar):
@@ -342,33 +364,43 @@ def in_spine_order(table):
     return table.drop_columns(["__row"]).take(pa.array(order))
 
 
-def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path):
+def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path,
+                running_path):
     """The general plan: one relation per group of features, joined to the spine."""
     from parity.batch.training_set import training_set_sql
 
     counter = iter(range(10_000))
 
-    def fill(relation: str, name: str, setup: list[str], selects: list[str], arrow=None) -> None:
+    def fill(relation: str, name: str, setup: list[str], selects: list[str], arrow=None, deferred=()) -> bool:
+        """Make the relation; False when ``arrow`` could not and the SQL made it."""
         for statement in setup:
             _execute(con, statement, name)
         if arrow is not None:
-            con.register("__step_arrow", arrow(con))
-            try:
-                _execute(con, f"CREATE OR REPLACE TEMP TABLE {relation} AS SELECT * FROM __step_arrow", name)
-            finally:
-                con.unregister("__step_arrow")
-            return
+            rows = arrow(con)
+            if rows is not None:
+                con.register("__step_arrow", rows)
+                del rows
+                try:
+                    _execute(con, f"CREATE OR REPLACE TEMP TABLE {relation} AS SELECT * FROM __step_arrow", name)
+                finally:
+                    con.unregister("__step_arrow")
+                return True
+        for statement in deferred:
+            _execute(con, statement, name)
         statements = [f"CREATE OR REPLACE TEMP TABLE {relation} AS {selects[0]}"]
         statements += [f"INSERT INTO {relation} {select}" for select in selects[1:]]
         for statement in statements:
             _execute(con, statement, name)
+        return arrow is None
 
-    def step(name: str, setup: list[str], selects: list[str], fallback=None, arrow=None) -> str:
+    def step(name: str, setup: list[str], selects: list[str], fallback=None, arrow=None, deferred=(),
+             sql_name=None) -> str:
         began = time.perf_counter()
         relation = f"__group{next(counter)}"
         if bar:
             bar.set_postfix_str(name)
-        fill(relation, name, setup, selects, arrow)
+        if not fill(relation, name, setup, selects, arrow, deferred) and arrow is not None:
+            name = sql_name or name
         if fallback is not None:
             check, other, more, others = fallback
             if not con.execute(check.format(relation=relation)).fetchall()[0][0]:
@@ -381,7 +413,7 @@ def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out,
 
     sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step,
                            chunks=merge_chunks(con, resolved, table), scales=scales, ordered=out is not None,
-                           latest_path=latest_path)
+                           latest_path=latest_path, running_path=running_path)
     began = time.perf_counter()
     if bar:
         bar.set_postfix_str("assemble")

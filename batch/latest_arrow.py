@@ -34,7 +34,7 @@ from parity.registry.durations import parse_duration
 from parity.registry.expr import parse, render_sql
 from parity.registry.models import Definitions
 from parity.registry.schema import view_schema
-from parity.registry.semantics import latest_is_live
+from parity.registry.semantics import counts_at, latest_is_live
 from parity.registry.types import DUCKDB_TYPES, NUMERIC_TYPES
 
 PATHS = ("auto", "arrow", "duckdb")
@@ -215,7 +215,9 @@ def segments(sorted_codes, ncodes: int):
 
 def last_before(values, start, end, point_codes, t, inclusive: bool):
     """For each point, the index of the last row of its code's segment ``[start, end)`` of
-    ``values`` (sorted within segments) with value ``< t`` (``<= t`` when ``inclusive``), or -1."""
+    ``values`` (sorted within segments) that counts at ``t``: by the event-time rule
+    :func:`parity.registry.semantics.counts_at` (``< t``), or with ``inclusive`` (``values``
+    are counts-from instants, :func:`parity.batch.latest.counts_from`) ``<= t``; or -1."""
     import numpy as np
 
     has = point_codes >= 0
@@ -223,7 +225,7 @@ def last_before(values, start, end, point_codes, t, inclusive: bool):
     first = np.where(has, start[code], 0)
     if (end - start).max() <= 1:  # at most one row per code: no search
         probe = values[np.minimum(first, len(values) - 1)]
-        counts = (probe <= t) if inclusive else (probe < t)
+        counts = (probe <= t) if inclusive else counts_at(probe, t)
         return np.where(has & (end[code] > first) & counts, first, -1)
     low, high = first.copy(), np.where(has, end[code], 0)
     while True:
@@ -232,7 +234,7 @@ def last_before(values, start, end, point_codes, t, inclusive: bool):
             break
         mid = (low + high) >> 1
         probe = values[np.minimum(mid, len(values) - 1)]
-        counts = (probe <= t) if inclusive else (probe < t)
+        counts = (probe <= t) if inclusive else counts_at(probe, t)
         low = np.where(active & counts, mid + 1, low)
         high = np.where(active & ~counts, mid, high)
     return np.where(has & (low > first), low - 1, -1)

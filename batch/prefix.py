@@ -101,12 +101,36 @@ def exact_float_scales(con, defs: Definitions, view: FeatureView, events: str) -
     return found
 
 
+def counted_sql(feature: Feature, schema: dict[str, str]) -> str:
+    """When an event counts for a feature (it passes ``where`` and has the column set);
+    may be null, which does not count."""
+    where = render_sql(parse(feature.where), "duckdb", schema) if feature.where else "TRUE"
+    return where if feature.column is None else f"({where}) AND {q(feature.column)} IS NOT NULL"
+
+
+def scope_sql(defs: Definitions, group: PrefixGroup, events: str, points: str, by_key: bool = True) -> str:
+    """``FROM ... WHERE ...``: the view's events that some point's totals need: a key of
+    ``points`` (only ``by_key``: else every non-null key), before the last point, and (no
+    lifetime window) not before the earliest window start (earlier events add the same to
+    every probe of their entity)."""
+    keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
+    key_list = ", ".join(keys)
+    not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
+    bounds = [f"__ts < (SELECT max(__t) FROM {points})"]  # later events come after every probe
+    if not any(window.is_lifetime for _, window in group.features):
+        longest = max(window.length + window.hop for _, window in group.features)
+        bounds.append(f"__ts >= (SELECT min(__t) FROM {points}) - {longest}")
+    if not by_key:
+        return f"FROM ({events}) WHERE {not_null} AND {' AND '.join(bounds)}"
+    return (f"FROM ({events}) SEMI JOIN (SELECT DISTINCT {key_list} FROM {points} WHERE {not_null}) "
+            f"USING ({key_list}) WHERE {' AND '.join(bounds)}")
+
+
 def _atoms(feature: Feature, schema: dict[str, str], scale: int | None = None) -> dict[str, str]:
     """role -> per-event SQL, never null (0 when the event does not count). Float columns
     enter as exact HUGEINT multiples of ``2**-scale``."""
-    where = render_sql(parse(feature.where), "duckdb", schema) if feature.where else "TRUE"
     column = q(feature.column) if feature.column else None
-    counted = where if column is None else f"({where}) AND {column} IS NOT NULL"
+    counted = counted_sql(feature, schema)
     count = f"(CASE WHEN {counted} THEN 1 ELSE 0 END)::BIGINT"
     if feature.agg == "count":
         return {"c": count}
@@ -136,8 +160,6 @@ def prefix_sql(defs: Definitions, group: PrefixGroup, events: str, points: str, 
     atoms: dict[str, str] = {}  # SQL -> column name (shared by features with equal partials)
     starts: dict[str, int] = {}  # start expression -> probe id (0 is t itself)
     merges = []
-    lifetime = False
-    longest = 0
     for item, window in group.features:
         feature = item.feature
         names = {}
@@ -145,10 +167,9 @@ def prefix_sql(defs: Definitions, group: PrefixGroup, events: str, points: str, 
         for role, sql in _atoms(feature, schema, scale).items():
             names[role] = atoms.setdefault(sql, f"__a{len(atoms)}")
         if window.is_lifetime:
-            start, lifetime = str(MIN_X), True
+            start = str(MIN_X)
         else:
             start = floor_sql(f"__t - {window.length}", window.hop)
-            longest = max(longest, window.length + window.hop)
         probe = starts.setdefault(start, len(starts) + 1)
         diff = {role: f"(sum({name}) FILTER (WHERE __w = 0) - sum({name}) FILTER (WHERE __w = {probe}))"
                 for role, name in names.items()}
@@ -164,12 +185,8 @@ def prefix_sql(defs: Definitions, group: PrefixGroup, events: str, points: str, 
 
     names = list(atoms.values())
     not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
-    bounds = [f"__ts < (SELECT max(__t) FROM {points})"]  # later events come after every probe
-    if not lifetime:  # earlier events add the same to every probe of their entity
-        bounds.append(f"__ts >= (SELECT min(__t) FROM {points}) - {longest}")
     rows = (f"SELECT {key_list}, __ts + 1 AS __g, {', '.join(f'{sql} AS {name}' for sql, name in atoms.items())} "
-            f"FROM ({events}) SEMI JOIN (SELECT DISTINCT {key_list} FROM {points} WHERE {not_null}) "
-            f"USING ({key_list}) WHERE {' AND '.join(bounds)}")
+            + scope_sql(defs, group, events, points))
     zero = {name: ("0::HUGEINT" if "HUGEINT" in sql else "0::BIGINT") for sql, name in atoms.items()}
     sentinels = (f"SELECT DISTINCT {key_list}, {MAX_G}::BIGINT AS __g, {', '.join(f'{zero[n]} AS {n}' for n in names)} "
                  f"FROM {points} WHERE {not_null}")
@@ -196,4 +213,5 @@ def prefix_sql(defs: Definitions, group: PrefixGroup, events: str, points: str, 
     return setup, [select]
 
 
-__all__ = ["PrefixGroup", "prefix_eligible", "prefix_sql", "exact_float_scales", "float_columns"]
+__all__ = ["PrefixGroup", "prefix_eligible", "prefix_sql", "exact_float_scales", "float_columns", "counted_sql",
+           "scope_sql"]

@@ -24,6 +24,7 @@ from parity.batch.aggregates import feature_partials, finish, q, spec_of
 from parity.batch.latest import LatestGroup, latest_eligible, latest_join_sql
 from parity.batch.latest_arrow import latest_table
 from parity.batch.prefix import PrefixGroup, exact_float_scales, prefix_eligible, prefix_sql
+from parity.batch.prefix_arrow import running_table
 from parity.batch.recent import RecentGroup, recent_eligible, recent_sql
 from parity.errors import ParityError
 from parity.registry.durations import DAY, parse_duration
@@ -344,18 +345,22 @@ def float_scales(con, defs: Definitions, resolved: list[ResolvedFeature], scan_o
 def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],
                      mode: str, user_columns: list[str], *, step: Callable[..., str],
                      chunks: int = 1, scales: Scales | None = None, ordered: bool = True,
-                     latest_path: Callable[[LatestGroup], str] = lambda group: "duckdb") -> str:
+                     latest_path: Callable[[LatestGroup], str] = lambda group: "duckdb",
+                     running_path: Callable[[PrefixGroup], tuple[str, int]] = lambda group: ("duckdb", 0)) -> str:
     """The final SELECT: the spine's columns, then each feature, in spine order (``ordered``),
     or in any order with the spine's row number ``__row`` last (for the caller to order).
 
-    ``step(name, setup, sql, fallback, arrow=None)`` runs a group's setup statements,
-    materialises its SELECT and returns the relation's name (the engine times each step and
-    shows progress). ``fallback``, when not None, is ``(check, name, setup, sql)``: if the
-    query ``check`` (``{relation}`` names the relation) is false, the relation is remade from
-    those. ``arrow``, when not None, replaces the SELECT: a function of the connection
-    returning the relation's rows as an Arrow table. ``latest_path(group)`` says where a
-    view's latest values are computed: ``"arrow"`` (in memory,
-    :mod:`parity.batch.latest_arrow`) or ``"duckdb"``.
+    ``step(name, setup, sql, fallback, arrow=None, deferred=(), sql_name=None)`` runs a
+    group's setup statements, materialises its SELECT and returns the relation's name (the
+    engine times each step and shows progress). ``fallback``, when not None, is ``(check,
+    name, setup, sql)``: if the query ``check`` (``{relation}`` names the relation) is
+    false, the relation is remade from those. ``arrow``, when not None, replaces the
+    SELECT: a function of the connection returning the relation's rows as an Arrow table,
+    or None when it cannot (then the ``deferred`` statements and the SELECT run, and the
+    step is named ``sql_name``). ``latest_path(group)`` says where a view's latest values
+    are computed: ``"arrow"`` (in memory, :mod:`parity.batch.latest_arrow`) or
+    ``"duckdb"``; ``running_path(group)`` the same for running totals
+    (:mod:`parity.batch.prefix_arrow`), with the bytes DuckDB leaves to the arrays.
     """
     if mode not in MODES:
         raise ParityError(f"unknown mode {mode!r}", hint="use event_time or as_served")
@@ -371,10 +376,17 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
             points_of[group.view.entity] = points
         points = points_of[group.view.entity]
         events = events_sql(defs, group.view, scan_of(group.view.source))
-        fallback = arrow = None
+        fallback = arrow = sql_name = None
+        deferred: list[str] = []
         if isinstance(group, PrefixGroup):
             more, sql = prefix_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} running totals ({len(group.features)} features)"
+            path, reserve = running_path(group)
+            if path == "arrow":
+                deferred, more, sql_name = more, [], name
+                name = (f"{group.view.name} v{group.view.version} running totals in memory "
+                        f"({len(group.features)} features)")
+                arrow = (lambda con, g=group, e=events, p=points, r=reserve: running_table(con, defs, g, e, p, r))
         elif isinstance(group, RecentGroup):
             more, sql = recent_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} last values of {group.column} ({len(group.features)} features)"
@@ -396,7 +408,7 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
         else:
             more, sql = group_sql(defs, group, scan_of(group.view.source), mode, f"__g{index}", chunks, points)
             name = f"{group.view.name} v{group.view.version} ({len(group.features)} features)"
-        relation = step(name, setup + more, sql, fallback, arrow=arrow)
+        relation = step(name, setup + more, sql, fallback, arrow=arrow, deferred=deferred, sql_name=sql_name)
         alias = f"g{index}"
         on = " AND ".join([f"{alias}.{k} IS NOT DISTINCT FROM s.{k}" for k in keys] + [f"{alias}.__t = s.__t"])
         joins.append(f"LEFT JOIN {relation} {alias} ON {on}")

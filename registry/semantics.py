@@ -183,6 +183,21 @@ def cover_size_bound(window: Window, resolutions: Iterable[int]) -> int:
     return 2 * ramps + span // ordered[-1] + 2
 
 
+def counts_at(ts, t):
+    """The event-time rule: an event counts at ``t`` exactly when ``ts < t`` (events at
+    ``t`` itself do not; equal timestamps count together). Scalars or NumPy arrays."""
+    return ts < t
+
+
+def counted_before(sorted_keys, probes):
+    """For each probe, how many of ``sorted_keys`` (ascending) count at it by :func:`counts_at`:
+    the number of keys ``< probe``, one binary search each (NumPy arrays). The vectorised
+    form of the same rule, so running totals and latest values cannot drift apart."""
+    import numpy as np
+
+    return np.searchsorted(sorted_keys, probes, side="left")
+
+
 def latest_is_live(last_ts: int, t: int, ttl: int) -> bool:
     """The ttl rule: the last event before ``t`` is served only if ``last_ts >= t - ttl``."""
     return last_ts >= t - ttl

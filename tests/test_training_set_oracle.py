@@ -1,5 +1,6 @@
 """DuckDB training sets equal the naive oracle on random events, in both modes, with the
-latest values computed both in memory (Arrow) and by DuckDB.
+latest values and (event time) the running totals computed both in memory (Arrow and
+NumPy) and by DuckDB.
 
 Random events: out-of-order arrival, equal timestamps, nulls, several entities, filters,
 derived columns, windows of all three hop classes plus an overridden hop, lifetime,
@@ -15,21 +16,29 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity.batch.engine import connect, run_training_set
+from parity.batch.engine import Phases, connect, run_training_set
 from batch_fixtures import DEFS, EVENT_SCHEMA, RESOLVED, events, spines
 from oracle import close, feature_value
 
 
 LATEST_PATHS = pytest.mark.parametrize("latest", ["arrow", "duckdb"])
+# latest values and running totals both in memory, or both in DuckDB
+BOTH_PATHS = pytest.mark.parametrize("latest,running", [("arrow", "arrow"), ("duckdb", "duckdb")])
 
 
-def compute(rows, spine, mode, latest="auto"):
+def compute(rows, spine, mode, latest="auto", running="auto"):
     con = connect()
     con.register("events_arrow", pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
     table = pa.Table.from_pylist(spine, schema=pa.schema([("user_id", pa.int64()), ("ts", pa.timestamp("us")),
                                                           ("label", pa.int64())]))
-    return run_training_set(con, DEFS, RESOLVED, table, lambda source: "events_arrow", mode=mode,
-                            latest=latest).to_pylist()
+    phases = Phases()
+    got = run_training_set(con, DEFS, RESOLVED, table, lambda source: "events_arrow", mode=mode,
+                           latest=latest, running=running, phases=phases).to_pylist()
+    if mode == "event_time" and running != "auto":  # the path asked for is the path taken
+        totals = [name for name in phases.seconds if "running totals" in name]
+        in_memory = [name for name in totals if "running totals in memory" in name]
+        assert totals and len(in_memory) == (len(totals) if running == "arrow" else 0), list(phases.seconds)
+    return got
 
 
 def oracle_rows(rows, spine, mode):
@@ -45,8 +54,8 @@ def oracle_rows(rows, spine, mode):
     return out
 
 
-def check(rows, spine, mode, latest):
-    got = compute(rows, spine, mode, latest)
+def check(rows, spine, mode, latest, running="auto"):
+    got = compute(rows, spine, mode, latest, running)
     want = oracle_rows(rows, spine, mode)
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
@@ -55,12 +64,12 @@ def check(rows, spine, mode, latest):
             assert close(g[column], w[column]), (mode, i, column, g[column], w[column], spine[i])
 
 
-@LATEST_PATHS
+@BOTH_PATHS
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_event_time_training_set_equals_oracle(data, latest):
+def test_event_time_training_set_equals_oracle(data, latest, running):
     rows = data.draw(events())
-    check(rows, data.draw(spines(rows)), "event_time", latest)
+    check(rows, data.draw(spines(rows)), "event_time", latest, running)
 
 
 @LATEST_PATHS
