@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from parity.registry.models import Definitions
 from parity.registry.offline_log import OfflineLog
 from parity.registry.online.columnar import ColumnarEvaluator, rows_to_columns
@@ -446,13 +447,14 @@ class StreamEngine:
                 except Exception:  # no cached figure yet
                     pass
             pipe.eval(MAX_SCRIPT, 1, key, f"end/{topic}/{partition}", end)
-        buckets = Counter()
-        for rows in rows_of.values():
-            for row in rows:
-                latency = (committed_at - row["_ingested_at"]) / 1e6
-                buckets[next((b for b in LATENCY_BUCKETS if latency <= b), "inf")] += 1
-        for bucket, count in buckets.items():
-            pipe.hincrby(key, f"latency_le/{bucket}", count)
+        ingested = np.fromiter((row["_ingested_at"] for rows in rows_of.values() for row in rows), dtype=np.int64)
+        if len(ingested):  # each event in the first bucket its latency fits (the last: "inf")
+            latency = (committed_at - ingested) / 1e6
+            found = np.bincount(np.searchsorted(np.asarray(LATENCY_BUCKETS), latency, side="left"),
+                                minlength=len(LATENCY_BUCKETS) + 1)
+            for bucket, count in zip((*LATENCY_BUCKETS, "inf"), found.tolist()):
+                if count:
+                    pipe.hincrby(key, f"latency_le/{bucket}", count)
         pipe.hset(key, "last_batch_at", committed_at)
         try:
             pipe.execute()

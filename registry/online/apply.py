@@ -126,12 +126,17 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                 _raise_if_moved(expect, sorted(n for n, want in expected if found[n] != want), found)
             stored = _read(client, plans)
             batch = writer.batch()
-            tiles = sum(merge_into(batch, writer, plan, values) for plan, values in zip(plans, stored))
+            packed: list[bytes] = []
+            tiles = 0
+            for plan, values in zip(plans, stored):
+                written, commands = merge_into(batch._view(plan.events.view), writer, plan, values)
+                tiles += written
+                packed += commands
             for view, mark in watermarks:
                 batch.set_watermark(view, mark)
             if after_read is not None:
                 after_read(attempt)
-            commands = [c for vw in batch._views.values() for c in writer.apply_commands(vw)]
+            commands = [c for vw in batch._views.values() if (c := writer.meta_command(vw)) is not None]
             commands.extend(extra)
             if progress:
                 commands.append(writer.progress_command(dict(progress)))
@@ -139,7 +144,7 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                 commands.append((b"EVAL", WATERMARK_FROM_MARKS, 1 + len(marks_keys), pkey, *marks_keys,
                                  *[t for _v, t in watermark_topics]))
             commands.append((b"DEL", lock))
-            done = _commit(client, epoch_key, epoch, commands)
+            done = _commit(client, epoch_key, epoch, packed + [pack(c) for c in commands])
             if done is None:
                 continue  # the lock expired and another writer took it: read and merge again
             released = True  # by the transaction's DEL
@@ -154,7 +159,7 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
 
 def _read(client, plans) -> list[list[list]]:
     """Per plan: the stored values of every read entity's fields."""
-    packed = [pack((b"HMGET", key, *fields)) for plan in plans for key, fields in zip(plan.keys, plan.fields)]
+    packed = [read for plan in plans for read in plan.reads]
     if not packed:
         return [[] for _plan in plans]
     with _raw(client) as raw:
@@ -166,17 +171,16 @@ def _read(client, plans) -> list[list[list]]:
     return out
 
 
-def _commit(client, epoch_key: bytes, epoch: int, commands: list[tuple]) -> list | None:
-    """Run ``commands`` in one transaction if nobody took the apply lock since ``epoch``:
-    ``WATCH`` the epoch, check it, ``MULTI`` ... ``EXEC``. Returns the commands' replies, or
-    None when another writer took the lock (then nothing was written)."""
+def _commit(client, epoch_key: bytes, epoch: int, packed: list[bytes]) -> list | None:
+    """Run the ``packed`` commands in one transaction if nobody took the apply lock since
+    ``epoch``: ``WATCH`` the epoch, check it, ``MULTI`` ... ``EXEC``. Returns the commands'
+    replies, or None when another writer took the lock (then nothing was written)."""
     with _raw(client) as raw:
         _ok, current = raw.exchange([pack((b"WATCH", epoch_key)), pack((b"GET", epoch_key))])
         if current is None or int(current) != epoch:
             raw.exchange([pack((b"UNWATCH",))])
             return None
-        packed = [pack((b"MULTI",))] + [pack(c) for c in commands] + [pack((b"EXEC",))]
-        replies = raw.exchange(packed)
+        replies = raw.transaction(packed)
     result = replies[-1]
     if result is None:
         return None  # another writer took the lock after the check: EXEC did nothing

@@ -22,15 +22,18 @@ absent field is the empty partial), so a batch only rewrites what it changed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
+import orjson
 
 from parity.registry.online.columnar import ViewEvents
-from parity.registry.online.keys import LATEST_FIELD, UPKEEP_FIELD, entity_key, view_prefix
-from parity.registry.online.layout import TileValue, encode_partials
-from parity.registry.online.writer import OnlineWriter, WriteBatch, _EntityWrite
-from parity.registry.partials import merge
+from parity.registry.online.keys import LATEST_FIELD, UPKEEP_FIELD, entity_key, tail_key, view_prefix
+from parity.registry.online.layout import TileValue, _loads
+from parity.registry.online.resp import pack
+from parity.registry.online.writer import PRUNE_SCRIPT, OnlineWriter, _ViewWrite
 
 
 @dataclass
@@ -49,6 +52,8 @@ class ViewPlan:
     fields: list[list[bytes]] = field(default_factory=list)  # per entity: the fields read (``_m`` last)
     slots: list[list[int]] = field(default_factory=list)     # per entity: the group of each numeric field
     tile_names: list[bytes] = field(default_factory=list)    # per group: its numeric record's field
+    reads: list[bytes] = field(default_factory=list)         # per entity: its HMGET, packed
+    resp: dict[bytes, bytes] = field(default_factory=dict)   # field name -> its protocol bytes
 
 
 def _tile_fields(resolution: int, starts: np.ndarray) -> list[bytes]:
@@ -105,8 +110,15 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
     plan.tile_names = tile_name
     order, bound = by_entity.tolist(), bounds.tolist()
     complex_items, latest_items = plan.complex_items, plan.latest_items
-    entities, keys, all_fields, slots = plan.entities, plan.keys, plan.fields, plan.slots
+    entities, keys, all_fields, slots, reads = plan.entities, plan.keys, plan.fields, plan.slots, plan.reads
     head = entity_key(prefix, b"")  # + the entity's code
+    # each distinct field name's protocol bytes once (a batch's groups share a few tile names)
+    resp: dict[bytes, bytes] = {}
+    for name in set(tile_name):
+        resp[name] = bulk(name)
+        resp[name + b"x"] = bulk(name + b"x")
+    resp[LATEST_FIELD], resp[UPKEEP_FIELD] = bulk(LATEST_FIELD), bulk(UPKEEP_FIELD)
+    plan.resp = resp
     for ent, code in enumerate(events.entities):
         groups = order[bound[ent]:bound[ent + 1]]
         latest = ent in latest_items
@@ -118,10 +130,13 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
         if latest:
             fields.append(LATEST_FIELD)
         fields.append(UPKEEP_FIELD)
+        key = head + code
         entities.append(ent)
-        keys.append(head + code)
+        keys.append(key)
         all_fields.append(fields)
         slots.append(groups)
+        reads.append(b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (len(fields) + 2, len(key), key,
+                                                                     b"".join([resp[f] for f in fields])))
     return plan
 
 
@@ -129,12 +144,12 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: list[list]) -> int:
-    """Queue ``plan``'s new absolute values on ``batch``; ``stored``: per read entity, the
-    values of its fields. Returns the tile records written."""
+def merge_into(vw: _ViewWrite, writer: OnlineWriter, plan: ViewPlan, stored: list[list]) -> tuple[int, list[bytes]]:
+    """The commands (packed) that write ``plan``'s new absolute values; ``stored``: per read
+    entity, the values of its fields. Returns (tile records written, commands). Notes the
+    view's ``min_ts`` and that it was written on ``vw`` (for its markers)."""
     events = plan.events
     layout = events.layout
-    view = layout.view
     fold = layout.fold
     n_groups = len(plan.group_entity)
     stored_complex: dict[int, bytes | None] = {}
@@ -157,48 +172,79 @@ def merge_into(batch: WriteBatch, writer: OnlineWriter, plan: ViewPlan, stored: 
         if ent in latest_items:
             stored_latest[ent] = values[-2]
     # numeric: every group's stored record first, then its events, in one fold
-    rows = []
+    pairs: list[bytes] = []  # per group: its field and new record, as protocol bytes
     if n_groups:
         zero = layout.zero
         stored_rows = fold.records([blob or zero for blob in flat_blobs])
-        rows.append(np.empty_like(stored_rows))
+        rows = [np.empty_like(stored_rows)]
         rows[0][np.asarray(flat_slots, dtype=np.int64)] = stored_rows  # in group order
-    groups = [np.arange(n_groups)]
-    for gid in plan.event_group:
-        chosen = gid >= 0
-        rows.append(events.records[chosen])
-        groups.append(gid[chosen])
-    merged_raw = b""
-    if n_groups:
+        groups = [np.arange(n_groups)]
+        for gid in plan.event_group:
+            chosen = gid >= 0
+            rows.append(events.records[chosen])
+            groups.append(gid[chosen])
         everything = np.vstack(rows)
         labels = np.concatenate(groups)
         order = np.argsort(labels, kind="stable")
         starts = np.searchsorted(labels[order], np.arange(n_groups))
-        merged_raw = fold.reduce(everything[order], starts).tobytes()
-    width = layout.width
-    vw = batch._view(view)
-    complex_json = _merge_complex(plan, stored_complex)
-    names = plan.tile_names
-    entities = vw.entities
-    upkeep = _Upkeep(writer, layout, events)
-    for ent, slots, values, new in zip(plan.entities, plan.slots, stored, created):
-        item = entities.get(events.entities[ent])
-        if item is None:
-            item = entities[events.entities[ent]] = _EntityWrite()
-        upkeep.decide(item, ent, values[-1], new)
-        fields = item.fields
-        for g in slots:
-            name = names[g]
-            fields[name] = merged_raw[g * width:(g + 1) * width]
-            if g in complex_json:
-                fields[name + b"x"] = complex_json[g]
-    if n_groups:
+        merged = fold.reduce(everything[order], starts)
+        # each record as a bulk string: "$<width>\r\n" + record + "\r\n", sliced out of one buffer
+        head = b"$%d\r\n" % layout.width
+        size = len(head) + layout.width + 2
+        framed = np.empty((n_groups, size), dtype=np.uint8)
+        framed[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
+        framed[:, len(head):-2] = merged.astype("<i8", copy=False).view(np.uint8).reshape(n_groups, layout.width)
+        framed[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
+        raw = framed.tobytes()
+        resp = plan.resp
+        pairs = [resp[name] + raw[g * size:(g + 1) * size] for g, name in enumerate(plan.tile_names)]
         first = int(plan.group_start.min())
         vw.min_ts = first if vw.min_ts is None else min(vw.min_ts, first)
-    for ent, items in plan.latest_items.items():
-        _merge_latest(batch, view, layout, events, ent, items, stored_latest.get(ent))
-    _queue_tail(batch, writer, events)
-    return n_groups
+    complex_json = _merge_complex(plan, stored_complex)
+    latest_json = {ent: _merge_latest(layout, events, ent, items, stored_latest.get(ent))
+                   for ent, items in latest_items.items()}
+    names = plan.tile_names
+    upkeep = _Upkeep(writer, layout, events)
+    expire = writer.expiry_ms(layout)
+    expire_arg = None if expire is None else bulk(b"%d" % expire)
+    floor = writer.tail_floor(layout) if writer.tail and layout.finest is not None else None
+    out: list[bytes] = []
+    over_full: list[bytes] = []
+    trim_of: dict[int, bool] = {}
+    decide = upkeep.decide
+    upkeep_name = plan.resp.get(UPKEEP_FIELD) or bulk(UPKEEP_FIELD)
+    for ent, slots, values, new, key in zip(plan.entities, plan.slots, stored, created, plan.keys):
+        parts = [pairs[g] for g in slots]
+        if complex_json:
+            for g in slots:
+                found = complex_json.get(g)
+                if found is not None:
+                    parts.append(bulk(names[g] + b"x") + bulk(found))
+        if latest_json:
+            found = latest_json.get(ent)
+            if found is not None:
+                parts.append(bulk(LATEST_FIELD) + bulk(found))
+        mark, refresh, prune, trim_of[ent] = decide(ent, values[-1], new)
+        parts.append(upkeep_name + bulk(mark))
+        out.append(b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b" % (2 + 2 * len(parts), len(key), key, b"".join(parts)))
+        if refresh and expire_arg is not None:
+            out.append(b"*3\r\n$7\r\nPEXPIRE\r\n$%d\r\n%b\r\n%b" % (len(key), key, expire_arg))
+        if prune:
+            over_full.append(key)
+    if over_full:
+        _max_fields, cuts = writer.prune_limits(layout, writer.clock())
+        if cuts:
+            out.append(pack((b"EVAL", PRUNE_SCRIPT, len(over_full), *over_full, len(cuts) // 2, *cuts)))
+    if floor is not None:
+        out += _tail_commands(vw, layout, events, floor, trim_of)
+    if plan.entities:
+        vw.written = True
+    return n_groups, out
+
+
+def bulk(value: bytes) -> bytes:
+    """One bulk string of the Redis protocol."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 class _Upkeep:
@@ -229,56 +275,96 @@ class _Upkeep:
         floor = writer.tail_floor(layout) if writer.tail and finest else None
         self.tailed = set() if floor is None else set(np.unique(events.entity[events.ts >= floor]).tolist())
 
-    def decide(self, item: _EntityWrite, ent: int, raw: bytes | None, created: int) -> None:
+    def decide(self, ent: int, raw: bytes | None, created: int) -> tuple[bytes, bool, bool, bool]:
+        """(the new ``_m``, refresh the key's expiry, prune it, trim its tail)."""
         n, refreshed, trimmed = map(int, raw.split(b":")) if raw else (0, -1, -1)
         n += created
-        prune = item.prune = n >= self.prune_after
+        prune = n >= self.prune_after
         if prune:
             n = 0
         after = self.refresh_after_s
-        expire = item.expire = after is not None and (refreshed < 0 or self.now_s - refreshed > after)
+        expire = after is not None and (refreshed < 0 or self.now_s - refreshed > after)
         if expire:
             refreshed = self.now_s
-        trim = item.trim_tail = ent in self.tailed and (trimmed < 0 or self.tile - trimmed >= 2)
+        trim = ent in self.tailed and (trimmed < 0 or self.tile - trimmed >= 2)
         if trim:
             trimmed = self.tile
-        item.fields[UPKEEP_FIELD] = b"%d:%d:%d" % (n, refreshed, trimmed)
+        return b"%d:%d:%d" % (n, refreshed, trimmed), expire, prune, trim
+
+
+_first = itemgetter(0)
 
 
 def _merge_complex(plan: ViewPlan, stored: dict[int, bytes | None]) -> dict[int, bytes]:
-    """New complex JSON of every group that receives a complex partial."""
+    """New complex JSON of every group that receives a complex partial. Works on the JSON
+    shapes (lists) of the stored and new partials, with the registry's merge rules
+    (:mod:`parity.registry.partials`): ``last_k`` the k newest by order key, ``last`` the
+    newest, min/max the least/greatest; an empty ``last_k`` is ``[]``."""
     events = plan.events
     layout = events.layout
-    partials = [events.partials(i) for i in range(len(layout.complex))]
-    specs = [(spec.agg, spec.feature.k) for spec in layout.complex]
+    n_spec = len(layout.complex)
+    news = [events.json_partials(i) for i in range(n_spec)]
+    specs = [(spec.agg, spec.feature.k or 0) for spec in layout.complex]
+    empty_k = [i for i, (agg, _k) in enumerate(specs) if agg == "last_k"]
+    dump = _dump_floats if layout.float_complex else orjson.dumps
     out: dict[int, bytes] = {}
     for g, items in plan.complex_items.items():
-        parts: list[list] = [[p] for p in layout.decode_complex(stored.get(g))]
+        blob = stored.get(g)
+        parts = _loads(blob) if blob else [None] * n_spec
+        touched: dict[int, list] = {}
         for spec, j in items:
-            parts[spec].append(partials[spec][j])
-        out[g] = encode_partials([merge(agg, part, k) for (agg, k), part in zip(specs, parts)], layout.float_complex)
+            found = touched.get(spec)
+            if found is None:
+                touched[spec] = [news[spec][j]]
+            else:
+                found.append(news[spec][j])
+        for spec, new in touched.items():
+            agg, k = specs[spec]
+            current = parts[spec]
+            if agg == "last_k":
+                if current:
+                    new = current + new
+                if len(new) > 1:
+                    new.sort(key=_first, reverse=True)
+                parts[spec] = new[:k]
+            elif agg == "last":
+                if current is not None:
+                    new.append(current)
+                parts[spec] = max(new, key=_first)
+            elif agg == "min":
+                parts[spec] = min(new) if current is None else min(current, min(new))
+            else:
+                parts[spec] = max(new) if current is None else max(current, max(new))
+        for spec in empty_k:
+            if parts[spec] is None:
+                parts[spec] = []
+        out[g] = dump(parts)
     return out
 
 
-def _merge_latest(batch: WriteBatch, view, layout, events: ViewEvents, ent: int, items, stored: bytes | None) -> None:
+def _dump_floats(partials: list) -> bytes:
+    return json.dumps(partials, separators=(",", ":"), allow_nan=True).encode()
+
+
+def _merge_latest(layout, events: ViewEvents, ent: int, items, stored: bytes | None) -> bytes:
+    """The entity's new ``L`` field: its stored latest values merged with the batch's."""
     parts = []
     if stored:
         parts.append(TileValue(partials={c.feature.name: p for c, p in
                                          zip(layout.latest, layout.decode_complex(stored, latest=True))}))
     for spec, j in items:
         parts.append(TileValue(partials={layout.complex[spec].feature.name: events.partials(spec)[j]}))
-    batch.put_latest(view, events.entities[ent], layout.merge_values(parts))
+    return layout.encode_complex(layout.merge_values(parts), latest=True)
 
 
-def _queue_tail(batch: WriteBatch, writer: OnlineWriter, events: ViewEvents) -> None:
-    """The open tile's events, one tail member each: order key, numeric record, complex JSON."""
-    layout = events.layout
-    if not writer.tail or layout.finest is None or not len(events):
-        return
-    floor = writer.tail_floor(layout)
+def _tail_commands(vw: _ViewWrite, layout, events: ViewEvents, floor: int, trim_of: dict[int, bool]) -> list[bytes]:
+    """The open tile's events, one tail member each (order key, numeric record, complex
+    JSON; score: the event time), as one ``ZADD`` per entity; where the entity's upkeep says
+    so (``trim_of``; an entity not read: always), the trim and expiry of its tail."""
     index = np.flatnonzero(events.ts >= floor)
     if not len(index):
-        return
+        return []
+    index = index[np.argsort(events.entity[index], kind="stable")]  # by entity, in batch order
     head = np.empty((len(index), 3 + layout.n_int + layout.n_float), dtype="<i8")
     head[:, 0] = events.ts[index]
     head[:, 1] = events.partition[index]
@@ -286,23 +372,88 @@ def _queue_tail(batch: WriteBatch, writer: OnlineWriter, events: ViewEvents) -> 
     head[:, 3:] = events.records[index]
     raw = head.tobytes()
     size = head.shape[1] * 8
+    n_spec = len(layout.complex)
     empty = layout.encode_complex(TileValue())
     own: dict[int, list] = {}
-    if layout.complex:
+    if n_spec:
         for spec, column in enumerate(events.complex):
-            chosen = events.ts[column.index] >= floor  # the entries of events in the tail
-            for e, partial in zip(column.index[chosen].tolist(),
-                                  [p for p, c in zip(events.partials(spec), chosen.tolist()) if c]):
-                if e not in own:
-                    own[e] = [None] * len(layout.complex)
-                own[e][spec] = partial
-    vw = batch._view(layout.view)
-    entities = vw.entities
-    entity, names = events.entity, events.entities
-    for j, (e, ent, score) in enumerate(zip(index.tolist(), entity[index].tolist(), events.ts[index].tolist())):
-        extra = own.get(e)
-        tail_json = empty if extra is None else encode_partials(extra, layout.float_complex)
-        item = entities.get(names[ent])
-        if item is None:
-            item = entities[names[ent]] = _EntityWrite()
-        item.tail[raw[j * size:(j + 1) * size] + tail_json] = score
+            agg = layout.complex[spec].agg
+            partials = events.json_partials(spec)
+            kept = (events.ts[column.index] >= floor).tolist()  # the entries of events in the tail
+            for e, partial, keep in zip(column.index.tolist(), partials, kept):
+                if not keep:
+                    continue
+                found = own.get(e)
+                if found is None:
+                    found = own[e] = [None] * n_spec
+                found[spec] = [partial] if agg == "last_k" else partial
+        dump = _dump_floats if layout.float_complex else orjson.dumps
+        own = {e: dump(parts) for e, parts in own.items()}
+    entity = events.entity[index]
+    cuts = np.flatnonzero(np.diff(entity)) + 1
+    bounds = [0] + cuts.tolist() + [len(index)]
+    owners = entity[[0] + cuts.tolist()].tolist()
+    # every member's score and value as protocol bytes, in one buffer: entities are contiguous
+    # in it, so an entity's members are one slice (members with complex partials: below)
+    chunks, width = _members(events.ts[index], raw, size, empty)
+    special = np.zeros(len(index), dtype=np.int64)
+    if own:
+        special[np.isin(index, np.fromiter(own, dtype=np.int64, count=len(own)))] = 1
+    mixed = np.add.reduceat(special, bounds[:-1]).tolist()
+    scores = events.ts[index].tolist()
+    positions = index.tolist()
+    tails = tail_key(vw.prefix, b"")  # + the entity's code
+    names = events.entities
+    ttl = bulk(b"%d" % ((3 * layout.finest) // 1000 + 300_000))
+    below = bulk(b"(%d" % floor)
+    out: list[bytes] = []
+    for ent, lo, hi, odd in zip(owners, bounds, bounds[1:], mixed):
+        key = tails + names[ent]
+        key_arg = b"$%d\r\n%b\r\n" % (len(key), key)
+        if width is None:
+            members = b"".join([chunks[j] if positions[j] not in own else
+                                _member(raw[j * size:(j + 1) * size] + own[positions[j]], scores[j])
+                                for j in range(lo, hi)])
+        elif odd:
+            members = b"".join([chunks[j * width:(j + 1) * width] if positions[j] not in own else
+                                _member(raw[j * size:(j + 1) * size] + own[positions[j]], scores[j])
+                                for j in range(lo, hi)])
+        else:
+            members = chunks[lo * width:hi * width]
+        out.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 + 2 * (hi - lo), key_arg, members))
+        if trim_of.get(ent, True):
+            out.append(b"*4\r\n$16\r\nZREMRANGEBYSCORE\r\n%b$4\r\n-inf\r\n%b" % (key_arg, below))
+            out.append(b"*3\r\n$7\r\nPEXPIRE\r\n%b%b" % (key_arg, ttl))
+    return out
+
+
+def _member(member: bytes, score: int) -> bytes:
+    """A tail member's score and value, as the two bulk strings of a ``ZADD``."""
+    text = b"%d" % score
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(text), text, len(member), member)
+
+
+_DIGITS = 16  # event times in µs from 2001-09-09 to 2286-11-20 have 16 decimal digits
+
+
+def _members(ts: np.ndarray, raw: bytes, size: int, suffix: bytes) -> tuple[bytes | list[bytes], int | None]:
+    """:func:`_member` of every event (its ``size`` bytes of ``raw`` + ``suffix``, score
+    ``ts``): (one buffer of them, each ``width`` bytes, width), built with numpy when every
+    time has :data:`_DIGITS` digits; else (a list of them, None)."""
+    n = len(ts)
+    head = b"$%d\r\n" % _DIGITS
+    value = b"\r\n$%d\r\n" % (size + len(suffix))
+    width = len(head) + _DIGITS + len(value) + size + len(suffix) + 2
+    if not n or int(ts.min()) < 10 ** (_DIGITS - 1) or int(ts.max()) >= 10 ** _DIGITS:
+        return [_member(raw[j * size:(j + 1) * size] + suffix, t) for j, t in enumerate(ts.tolist())], None
+    out = np.empty((n, width), dtype=np.uint8)
+    row = np.frombuffer(head + bytes(_DIGITS) + value + bytes(size) + suffix + b"\r\n", dtype=np.uint8)
+    out[:] = row
+    digits = out[:, len(head):len(head) + _DIGITS]
+    rest = ts.astype(np.int64)
+    for d in range(_DIGITS - 1, -1, -1):
+        digits[:, d] = 48 + rest % 10
+        rest = rest // 10
+    at = len(head) + _DIGITS + len(value)
+    out[:, at:at + size] = np.frombuffer(raw, dtype=np.uint8).reshape(n, size)
+    return out.tobytes(), width
