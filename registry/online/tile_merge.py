@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 
 import numpy as np
@@ -49,11 +50,20 @@ class ViewPlan:
     latest_items: dict[int, list[tuple[int, int]]]   # entity -> [(latest spec, position in its column)]
     entities: list[int] = field(default_factory=list)       # entities read and written, in read order
     keys: list[bytes] = field(default_factory=list)          # their hash keys
-    fields: list[list[bytes]] = field(default_factory=list)  # per entity: the fields read (``_m`` last)
-    slots: list[list[int]] = field(default_factory=list)     # per entity: the group of each numeric field
+    key_args: list[bytes] = field(default_factory=list)      # the same as protocol bytes
     tile_names: list[bytes] = field(default_factory=list)    # per group: its numeric record's field
     reads: list[bytes] = field(default_factory=list)         # per entity: its HMGET, packed
     resp: dict[bytes, bytes] = field(default_factory=dict)   # field name -> its protocol bytes
+    # the groups by entity (``order``; entity e's are order[bounds[e]:bounds[e + 1]]), which of
+    # them receive a complex partial, and per entity: groups, complex groups, latest, fields read
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    bounds: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    has_complex: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    complex_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    latest: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    n_fields: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    name_args: list[bytes] = field(default_factory=list)     # per group in ``order``: its field, as protocol bytes
 
 
 def _tile_fields(resolution: int, starts: np.ndarray) -> list[bytes]:
@@ -96,22 +106,29 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
             for j, ent in enumerate(entity[events.complex[i].index].tolist()):
                 plan.latest_items.setdefault(ent, []).append((i, j))
     prefix = view_prefix(writer.project, layout.view.name, layout.view.version)
-    by_entity = np.argsort(plan.group_entity, kind="stable")
-    bounds = np.searchsorted(plan.group_entity[by_entity], np.arange(len(events.entities) + 1))
-    names = []
+    n_entities, n_groups = len(events.entities), len(plan.group_entity)
+    order = np.argsort(plan.group_entity, kind="stable")
+    counts = np.bincount(plan.group_entity, minlength=n_entities)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    tile_name: list[bytes] = [b""] * n_groups
     for resolution in layout.resolutions:
-        chosen = plan.group_resolution == resolution
-        names_r = _tile_fields(resolution, plan.group_start[chosen])
-        names.append((np.flatnonzero(chosen).tolist(), names_r))
-    tile_name: list[bytes] = [b""] * len(plan.group_entity)
-    for positions, names_r in names:
-        for g, name in zip(positions, names_r):
+        chosen = np.flatnonzero(plan.group_resolution == resolution)
+        for g, name in zip(chosen.tolist(), _tile_fields(resolution, plan.group_start[chosen])):
             tile_name[g] = name
     plan.tile_names = tile_name
-    order, bound = by_entity.tolist(), bounds.tolist()
     complex_items, latest_items = plan.complex_items, plan.latest_items
-    entities, keys, all_fields, slots, reads = plan.entities, plan.keys, plan.fields, plan.slots, plan.reads
-    head = entity_key(prefix, b"")  # + the entity's code
+    has_complex = np.zeros(n_groups, dtype=bool)
+    if complex_items:
+        has_complex[np.fromiter(complex_items, dtype=np.int64, count=len(complex_items))] = True
+    complex_counts = np.bincount(plan.group_entity[has_complex], minlength=n_entities)
+    latest = np.zeros(n_entities, dtype=bool)
+    if latest_items:
+        latest[np.fromiter(latest_items, dtype=np.int64, count=len(latest_items))] = True
+    n_fields = counts + complex_counts + latest + 1
+    read = np.flatnonzero((counts > 0) | latest)  # else every event too old for every tile, and no latest value
+    plan.order, plan.bounds, plan.has_complex, plan.counts = order, bounds, has_complex, counts
+    plan.complex_counts, plan.latest = complex_counts, latest
+    plan.n_fields = n_fields[read]
     # each distinct field name's protocol bytes once (a batch's groups share a few tile names)
     resp: dict[bytes, bytes] = {}
     for name in set(tile_name):
@@ -119,24 +136,34 @@ def plan_reads(writer: OnlineWriter, events: ViewEvents) -> ViewPlan:
         resp[name + b"x"] = bulk(name + b"x")
     resp[LATEST_FIELD], resp[UPKEEP_FIELD] = bulk(LATEST_FIELD), bulk(UPKEEP_FIELD)
     plan.resp = resp
-    for ent, code in enumerate(events.entities):
-        groups = order[bound[ent]:bound[ent + 1]]
-        latest = ent in latest_items
-        if not groups and not latest:
-            continue  # every event too old for every tile, and no latest value
-        fields = [tile_name[g] for g in groups]
-        if complex_items:
-            fields += [tile_name[g] + b"x" for g in groups if g in complex_items]
-        if latest:
-            fields.append(LATEST_FIELD)
-        fields.append(UPKEEP_FIELD)
-        key = head + code
+    # every read's numeric fields in one buffer, entity after entity; complex fields in another
+    order_list = order.tolist()
+    plan.name_args = names = [resp[tile_name[g]] for g in order_list]
+    numeric = b"".join(names)
+    at = np.concatenate([[0], np.cumsum(np.fromiter(map(len, names), dtype=np.int64, count=n_groups))])
+    num_lo, num_hi = at[bounds[read]].tolist(), at[bounds[read + 1]].tolist()
+    if complex_items:
+        cx_names = [resp[tile_name[g] + b"x"] for g in order[has_complex[order]].tolist()]
+        complexes = b"".join(cx_names)
+        cx_at = np.concatenate([[0], np.cumsum(np.fromiter(map(len, cx_names), dtype=np.int64, count=len(cx_names)))])
+        cx_bounds = np.concatenate([[0], np.cumsum(complex_counts)])
+        cx_lo, cx_hi = cx_at[cx_bounds[read]].tolist(), cx_at[cx_bounds[read + 1]].tolist()
+    else:
+        complexes, cx_lo, cx_hi = b"", [0] * len(read), [0] * len(read)
+    last = resp[UPKEEP_FIELD]
+    with_latest = resp[LATEST_FIELD] + last
+    head = entity_key(prefix, b"")  # + the entity's code
+    codes = events.entities
+    entities, keys, key_args, reads = plan.entities, plan.keys, plan.key_args, plan.reads
+    for ent, nf, a, b, c, d, lat in zip(read.tolist(), plan.n_fields.tolist(), num_lo, num_hi, cx_lo, cx_hi,
+                                        latest[read].tolist()):
+        key = head + codes[ent]
+        key_arg = b"$%d\r\n%b\r\n" % (len(key), key)
         entities.append(ent)
         keys.append(key)
-        all_fields.append(fields)
-        slots.append(groups)
-        reads.append(b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (len(fields) + 2, len(key), key,
-                                                                     b"".join([resp[f] for f in fields])))
+        key_args.append(key_arg)
+        reads.append(b"*%d\r\n$5\r\nHMGET\r\n%b%b%b%b" % (nf + 2, key_arg, numeric[a:b], complexes[c:d],
+                                                              with_latest if lat else last))
     return plan
 
 
@@ -152,93 +179,105 @@ def merge_into(vw: _ViewWrite, writer: OnlineWriter, plan: ViewPlan, stored: lis
     layout = events.layout
     fold = layout.fold
     n_groups = len(plan.group_entity)
-    stored_complex: dict[int, bytes | None] = {}
-    stored_latest: dict[int, bytes | None] = {}
-    created: list[int] = []  # per read entity: the fields this write creates (every field read but _m)
-    flat_slots: list[int] = []
-    flat_blobs: list[bytes | None] = []
-    complex_items, latest_items = plan.complex_items, plan.latest_items
-    for ent, slots, values in zip(plan.entities, plan.slots, stored):
-        k = len(slots)
-        flat_slots += slots
-        flat_blobs += values[:k]
-        created.append(values[:-1].count(None))
-        if complex_items:
-            position = k
-            for g in slots:
-                if g in complex_items:
-                    stored_complex[g] = values[position]
-                    position += 1
-        if ent in latest_items:
-            stored_latest[ent] = values[-2]
-    # numeric: every group's stored record first, then its events, in one fold
-    pairs: list[bytes] = []  # per group: its field and new record, as protocol bytes
-    if n_groups:
-        zero = layout.zero
-        stored_rows = fold.records([blob or zero for blob in flat_blobs])
-        rows = [np.empty_like(stored_rows)]
-        rows[0][np.asarray(flat_slots, dtype=np.int64)] = stored_rows  # in group order
-        groups = [np.arange(n_groups)]
-        for gid in plan.event_group:
-            chosen = gid >= 0
-            rows.append(events.records[chosen])
-            groups.append(gid[chosen])
-        everything = np.vstack(rows)
-        labels = np.concatenate(groups)
-        order = np.argsort(labels, kind="stable")
-        starts = np.searchsorted(labels[order], np.arange(n_groups))
-        merged = fold.reduce(everything[order], starts)
-        # each record as a bulk string: "$<width>\r\n" + record + "\r\n", sliced out of one buffer
-        head = b"$%d\r\n" % layout.width
-        size = len(head) + layout.width + 2
-        framed = np.empty((n_groups, size), dtype=np.uint8)
-        framed[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
-        framed[:, len(head):-2] = merged.astype("<i8", copy=False).view(np.uint8).reshape(n_groups, layout.width)
-        framed[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
-        raw = framed.tobytes()
-        resp = plan.resp
-        pairs = [resp[name] + raw[g * size:(g + 1) * size] for g, name in enumerate(plan.tile_names)]
-        first = int(plan.group_start.min())
-        vw.min_ts = first if vw.min_ts is None else min(vw.min_ts, first)
-    complex_json = _merge_complex(plan, stored_complex)
-    latest_json = {ent: _merge_latest(layout, events, ent, items, stored_latest.get(ent))
-                   for ent, items in latest_items.items()}
-    names = plan.tile_names
-    upkeep = _Upkeep(writer, layout, events)
-    expire = writer.expiry_ms(layout)
-    expire_arg = None if expire is None else bulk(b"%d" % expire)
-    floor = writer.tail_floor(layout) if writer.tail and layout.finest is not None else None
+    read = np.asarray(plan.entities, dtype=np.int64)
     out: list[bytes] = []
-    over_full: list[bytes] = []
+    floor = writer.tail_floor(layout) if writer.tail and layout.finest is not None else None
     trim_of: dict[int, bool] = {}
-    decide = upkeep.decide
-    upkeep_name = plan.resp.get(UPKEEP_FIELD) or bulk(UPKEEP_FIELD)
-    for ent, slots, values, new, key in zip(plan.entities, plan.slots, stored, created, plan.keys):
-        parts = [pairs[g] for g in slots]
-        if complex_json:
-            for g in slots:
-                found = complex_json.get(g)
+    if len(read):
+        # where each stored value is in the flat list of replies: per read entity its fields
+        # (numeric of each group, complex of each group that has one, L, _m), entity after entity
+        flat = list(chain.from_iterable(stored))
+        at = np.concatenate([[0], np.cumsum(plan.n_fields)])
+        position = np.full(len(events.entities), -1, dtype=np.int64)
+        position[read] = np.arange(len(read))
+        order, bounds, has_complex = plan.order, plan.bounds, plan.has_complex
+        owner = plan.group_entity[order]  # per group, by entity
+        start = at[position[owner]]
+        numeric_at = start + np.arange(n_groups) - bounds[owner]
+        absent = np.fromiter((v is None for v in flat), dtype=bool, count=len(flat)).astype(np.int64)
+        mark_at = at[1:] - 1
+        created = (np.add.reduceat(absent, at[:-1]) - absent[mark_at]).tolist()
+        marks = [flat[i] for i in mark_at.tolist()]
+        stored_complex: dict[int, bytes | None] = {}
+        if plan.complex_items:
+            chosen = has_complex[order]
+            before = np.cumsum(chosen) - chosen  # complex groups before each, over all entities
+            first_of = np.concatenate([[0], np.cumsum(plan.complex_counts)])  # per entity, the same at its start
+            complex_at = start + plan.counts[owner] + before - first_of[owner]
+            stored_complex = dict(zip(order[chosen].tolist(), [flat[i] for i in complex_at[chosen].tolist()]))
+        stored_latest = {ent: flat[i] for ent, i in zip(plan.entities, (at[1:] - 2).tolist())
+                         if ent in plan.latest_items}
+        pairs = b""
+        pair_at = np.zeros(n_groups + 1, dtype=np.int64)
+        if n_groups:
+            # numeric: every group's stored record first, then its events, in one fold
+            zero = layout.zero
+            stored_rows = fold.records([flat[i] or zero for i in numeric_at.tolist()])
+            rows = [np.empty_like(stored_rows)]
+            rows[0][order] = stored_rows  # in group order
+            groups = [np.arange(n_groups)]
+            for gid in plan.event_group:
+                chosen = gid >= 0
+                rows.append(events.records[chosen])
+                groups.append(gid[chosen])
+            everything = np.vstack(rows)
+            labels = np.concatenate(groups)
+            by_label = np.argsort(labels, kind="stable")
+            starts = np.searchsorted(labels[by_label], np.arange(n_groups))
+            merged = fold.reduce(everything[by_label], starts)[order]  # by entity
+            # each group's field and record as protocol bytes, entity after entity, in one buffer
+            head = b"$%d\r\n" % layout.width
+            size = len(head) + layout.width + 2
+            framed = np.empty((n_groups, size), dtype=np.uint8)
+            framed[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
+            framed[:, len(head):-2] = merged.astype("<i8", copy=False).view(np.uint8).reshape(n_groups, layout.width)
+            framed[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
+            raw = framed.tobytes()
+            parts: list = [b""] * (2 * n_groups)
+            parts[0::2] = plan.name_args
+            parts[1::2] = [raw[i:i + size] for i in range(0, n_groups * size, size)]
+            pairs = b"".join(parts)
+            pair_at[1:] = np.cumsum(np.fromiter(map(len, plan.name_args), dtype=np.int64, count=n_groups) + size)
+            first = int(plan.group_start.min())
+            vw.min_ts = first if vw.min_ts is None else min(vw.min_ts, first)
+        complex_json = _merge_complex(plan, stored_complex)
+        latest_json = {ent: _merge_latest(layout, events, ent, items, stored_latest.get(ent))
+                       for ent, items in plan.latest_items.items()}
+        names = plan.tile_names
+        order_list = order.tolist() if complex_json else []
+        upkeep = _Upkeep(writer, layout, events)
+        expire = writer.expiry_ms(layout)
+        expire_arg = None if expire is None else bulk(b"%d" % expire)
+        over_full: list[bytes] = []
+        decide = upkeep.decide
+        upkeep_name = plan.resp[UPKEEP_FIELD]
+        lows, highs = pair_at[bounds[read]].tolist(), pair_at[bounds[read + 1]].tolist()
+        n_fields = (plan.counts[read] + plan.complex_counts[read] + plan.latest[read] + 1).tolist()
+        for ent, key, key_arg, lo, hi, mark, new, nf, n_complex in zip(
+                plan.entities, plan.keys, plan.key_args, lows, highs, marks, created, n_fields,
+                plan.complex_counts[read].tolist()):
+            extra = b""
+            if n_complex:
+                extra = b"".join([bulk(names[g] + b"x") + bulk(complex_json[g])
+                                  for g in order_list[bounds[ent]:bounds[ent + 1]] if g in complex_json])
+            if latest_json:
+                found = latest_json.get(ent)
                 if found is not None:
-                    parts.append(bulk(names[g] + b"x") + bulk(found))
-        if latest_json:
-            found = latest_json.get(ent)
-            if found is not None:
-                parts.append(bulk(LATEST_FIELD) + bulk(found))
-        mark, refresh, prune, trim_of[ent] = decide(ent, values[-1], new)
-        parts.append(upkeep_name + bulk(mark))
-        out.append(b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b" % (2 + 2 * len(parts), len(key), key, b"".join(parts)))
-        if refresh and expire_arg is not None:
-            out.append(b"*3\r\n$7\r\nPEXPIRE\r\n$%d\r\n%b\r\n%b" % (len(key), key, expire_arg))
-        if prune:
-            over_full.append(key)
-    if over_full:
-        _max_fields, cuts = writer.prune_limits(layout, writer.clock())
-        if cuts:
-            out.append(pack((b"EVAL", PRUNE_SCRIPT, len(over_full), *over_full, len(cuts) // 2, *cuts)))
+                    extra += bulk(LATEST_FIELD) + bulk(found)
+            mark, refresh, prune, trim_of[ent] = decide(ent, mark, new)
+            out.append(b"*%d\r\n$4\r\nHSET\r\n%b%b%b%b$%d\r\n%b\r\n" % (
+                2 + 2 * nf, key_arg, pairs[lo:hi], extra, upkeep_name, len(mark), mark))
+            if refresh and expire_arg is not None:
+                out.append(b"*3\r\n$7\r\nPEXPIRE\r\n%b%b" % (key_arg, expire_arg))
+            if prune:
+                over_full.append(key)
+        if over_full:
+            _max_fields, cuts = writer.prune_limits(layout, writer.clock())
+            if cuts:
+                out.append(pack((b"EVAL", PRUNE_SCRIPT, len(over_full), *over_full, len(cuts) // 2, *cuts)))
+        vw.written = True
     if floor is not None:
         out += _tail_commands(vw, layout, events, floor, trim_of)
-    if plan.entities:
-        vw.written = True
     return n_groups, out
 
 
