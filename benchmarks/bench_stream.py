@@ -21,12 +21,13 @@ The engine always runs in SUBPROCESSES (this script with ``--worker engine``): a
 :class:`~parity.registry.offline_log.OfflineLog`, dead letters to a file), run with a stop
 event that this process sets once the work is done. The worker only adds timing around the
 engine: a subclass of confluent-kafka's ``Consumer`` (times every ``consume()`` call and
-the first one that returned messages) and of ``StreamEngine`` (the wall time at the end of
-every ``process()``, i.e. once a micro-batch is committed in Redis AND landed in Parquet);
+the first one that returned messages) and of ``StreamEngine`` (the wall time at which each
+micro-batch's commit outcome is read, i.e. once it is committed in Redis; it lands in Parquet
+in the background, and the next commit waits for that);
 the per-phase seconds are the engine's own ``EngineStats.seconds`` (decode, evaluate,
-apply = ``apply_events``: the WATCH / read / merge / MULTI-EXEC of the touched tiles, i.e.
-the Python merge plus the Redis round trips; land = Parquet; publish = the ``_engine``
-counters). The worker also counts ``apply_events``' WATCH retries (it wraps the function).
+apply = ``begin_apply`` and the wait for its outcome: the WATCH / read / merge / MULTI-EXEC of
+the touched tiles, i.e. the Python merge plus the Redis round trips; land = Parquet; publish =
+the ``_engine`` counters). The worker also counts the WATCH retries (it wraps ``begin_apply``).
 
 1. **Pre-produce** ``--events`` synthetic events (``parity produce``'s code:
    :func:`parity.streaming.produce.produce`, i.e. ``live_events`` of
@@ -267,22 +268,32 @@ def engine_worker(spec: dict) -> None:
             return out
 
     confluent_kafka.Consumer = TimedConsumer  # StreamEngine.run imports it at call time
-    original_apply = engine_module.apply_events
+    original_begin = engine_module.begin_apply
 
-    def counted_apply(*args, **kwargs):
-        batch = original_apply(*args, **kwargs)
-        if kwargs.get("progress"):  # a micro-batch (not an idle heartbeat): count WATCH retries
+    def counted_begin(*args, **kwargs):
+        pending = original_begin(*args, **kwargs)
+        finish = pending.finish
+
+        def counted_finish():  # a micro-batch (heartbeats go through apply_events): count WATCH retries
+            batch = finish()
             timing["apply_calls"] += 1
             timing["apply_attempts"] += batch.attempts
-        return batch
+            return batch
 
-    engine_module.apply_events = counted_apply  # process() looks it up in the module at call time
+        pending.finish = counted_finish
+        return pending
+
+    engine_module.begin_apply = counted_begin  # process() looks it up in the module at call time
 
     class TimedEngine(StreamEngine):
-        def process(self, messages, caught_up: bool = True) -> None:
-            super().process(messages, caught_up)
-            timing["last_process_end"] = time.time()
-            timing["consume_s_at_last_end"] = timing["consume_s"]
+        def _finish_pending(self) -> bool:
+            # a batch is done once its transaction's outcome is read (it lands in the background)
+            had = self._pending is not None
+            fenced = super()._finish_pending()
+            if had:
+                timing["last_process_end"] = time.time()
+                timing["consume_s_at_last_end"] = timing["consume_s"]
+            return fenced
 
         def _on_assign(self, consumer, partitions) -> None:
             super()._on_assign(consumer, partitions)

@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from parity.registry.models import Definitions
 from parity.registry.offline_log import OfflineLog
 from parity.registry.online.columnar import ColumnarEvaluator, rows_to_columns
-from parity.registry.online.apply import apply_events
+from parity.registry.online.apply import apply_events, begin_apply
 from parity.registry.online.keys import LATENCY_BUCKETS
 from parity.registry.online.writer import COMMIT_TIME, OnlineWriter, ProgressConflict, wall_clock_us
 from parity.streaming.decode import DeadLetter, SourceDecoder, kafka_ingested_at
@@ -123,6 +124,7 @@ class StreamEngine:
         self._land_pool = None  # one background thread landing the last committed batch
         self._sync_pool = None  # its helpers: the batch's files written side by side
         self._landing = None
+        self._pending = None  # the last batch sent, its outcome not read yet: (PendingApply, its facts...)
 
     # -- assignment: resume from the offsets stored with the tiles ------------------------------
     def _on_assign(self, consumer, partitions) -> None:
@@ -154,6 +156,7 @@ class StreamEngine:
             self.on_partitions(what, {t: sorted(ps) for t, ps in sorted(grouped.items())})
 
     def _on_revoke(self, consumer, partitions) -> None:
+        self._finish_pending()
         self._wait_landing()
         self._report("revoked", partitions)
         for tp in partitions:
@@ -181,17 +184,22 @@ class StreamEngine:
                 messages = [m for m in self._next_batch(consumer) if m.error() is None]
                 self.stats.seconds["consume"] += time.perf_counter() - began
                 if messages:
-                    self.process(messages, caught_up=len(messages) < self.max_batch)
+                    self.process(messages, caught_up=len(messages) < self.max_batch, overlap=True)
                     idle_since = time.monotonic()
-                elif self._assigned:
-                    self._heartbeat()
+                else:
+                    self._finish_pending()
+                    if self._assigned:
+                        self._heartbeat()
                 if idle_exit is not None and not self._owns_everything(consumer):
                     idle_since = time.monotonic()  # not idle: the group is still (re)assigning partitions
                 if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                     break
         finally:
-            self._wait_landing()
-            consumer.close()
+            try:
+                self._finish_pending()
+            finally:
+                self._wait_landing()
+                consumer.close()
             if self._dlq_producer is not None:
                 self._dlq_producer.flush(10)
         return self.stats
@@ -234,8 +242,11 @@ class StreamEngine:
         except ProgressConflict as conflict:
             LOG.info("heartbeat dropped: %s", conflict)
 
-    def process(self, messages, caught_up: bool = True) -> None:
-        """Apply and land one micro-batch of Kafka messages."""
+    def process(self, messages, caught_up: bool = True, overlap: bool = False) -> None:
+        """Apply and land one micro-batch of Kafka messages. With ``overlap`` (the run loop's
+        way), return once its transaction is sent: the next call (or :meth:`_finish_pending`)
+        waits for its outcome, lands it and publishes its counters, so Redis executes a batch
+        while the engine consumes, decodes and evaluates the next."""
         clock = time.perf_counter
         began = clock()
         by_partition: dict[tuple[str, int], list] = {}
@@ -290,6 +301,10 @@ class StreamEngine:
         evaluating += clock() - started
         self.stats.seconds["decode"] += decoding
         self.stats.seconds["evaluate"] += evaluating
+        # the previous batch's outcome (Redis ran its transaction while this one was decoded)
+        if self._finish_pending():  # fenced off: this batch was read after it, so drop it too
+            self._fenced(fresh, None)
+            return
         progress, expect = {}, {}
         for (topic, partition), items in fresh.items():
             name = _marker("offset", topic, partition)
@@ -310,14 +325,35 @@ class StreamEngine:
             progress[_marker("mark", topic, partition)] = str(mark)
         started = clock()
         try:  # the previous batch's landing must be done before this commit moves applied_at
-            batch = apply_events(self.writer, list(events.values()), progress=progress, expect=expect,
-                                 watermark_topics=self._watermark_topics(),
-                                 after_read=lambda _attempt: self._wait_landing(),
-                                 extra=self._committed_counters(events, consumed))
+            pending = begin_apply(self.writer, list(events.values()), progress=progress, expect=expect,
+                                  watermark_topics=self._watermark_topics(),
+                                  after_read=lambda _attempt: self._wait_landing(),
+                                  extra=self._committed_counters(events, consumed))
         except ProgressConflict as conflict:
             self.stats.seconds["apply"] += clock() - started
             self._fenced(fresh, conflict)
             return
+        self.stats.seconds["apply"] += clock() - started
+        self._pending = (pending, fresh, rows_of, events, dead, consumed, landable, progress)
+        if not overlap:
+            self._finish_pending()
+        self.stats.seconds["process"] += clock() - began
+
+    def _finish_pending(self) -> bool:
+        """Wait for the outcome of the batch whose transaction was sent last (if any), then
+        land it (in the background), send its dead letters and publish its counters. Returns
+        True when it was fenced off (another process owns its partitions: nothing written)."""
+        if self._pending is None:
+            return False
+        clock = time.perf_counter
+        (pending, fresh, rows_of, events, dead, consumed, landable, progress), self._pending = self._pending, None
+        started = clock()
+        try:
+            batch = pending.finish()
+        except ProgressConflict as conflict:  # lost the lock, and the partitions before the retry
+            self.stats.seconds["apply"] += clock() - started
+            self._fenced(fresh, conflict)
+            return True
         self.stats.seconds["apply"] += clock() - started
         for name, value in progress.items():
             if name.startswith("offset/"):
@@ -344,7 +380,7 @@ class StreamEngine:
         started = clock()
         self._publish(fresh, rows_of, events, batch)
         self.stats.seconds["publish"] += clock() - started
-        self.stats.seconds["process"] += clock() - began
+        return False
 
     def _land_later(self, todo: list, applied_at: int) -> None:
         """Land a committed batch in a background thread, so writing and syncing its Parquet
@@ -396,15 +432,17 @@ class StreamEngine:
             out.append((b"EVAL", MAX_FIELDS_SCRIPT, 1, key, *pairs))
         return out
 
-    def _fenced(self, fresh, conflict: ProgressConflict) -> None:
+    def _fenced(self, fresh, conflict: ProgressConflict | None) -> None:
         """Another process moved this batch's offsets (it owns those partitions now): nothing
-        was written; forget the batch and seek back to the stored offsets."""
-        from confluent_kafka import TopicPartition
+        was written; forget the batch and seek back to the stored offsets. ``conflict`` None:
+        a batch consumed after a fenced-off one, dropped with it (not counted again)."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
         self._wait_landing()
 
-        self.stats.conflicts += 1
-        LOG.warning("batch dropped: %s", conflict)
+        if conflict is not None:
+            self.stats.conflicts += 1
+            LOG.warning("batch dropped: %s", conflict)
         progress = self.writer.read_progress()
         for topic, partition in fresh:
             name = _marker("offset", topic, partition)
@@ -412,9 +450,10 @@ class StreamEngine:
             self._stored[name] = stored
             landed = progress.get(_marker("landed", topic, partition))
             self._landed[(topic, partition)] = -1 if landed is None else int(landed)
-            if self._consumer is not None and stored is not None:
-                try:
-                    self._consumer.seek(TopicPartition(topic, partition, int(stored) + 1))
+            if self._consumer is not None:
+                try:  # nothing stored yet: from the beginning, as on assignment
+                    self._consumer.seek(TopicPartition(topic, partition,
+                                                       OFFSET_BEGINNING if stored is None else int(stored) + 1))
                 except Exception as exc:  # the partition is no longer assigned: the rebalance resumes it
                     LOG.info("no seek on %s/%s: %s", topic, partition, exc)
 
@@ -446,13 +485,14 @@ class StreamEngine:
                 except Exception:  # no cached figure yet
                     pass
             pipe.eval(MAX_SCRIPT, 1, key, f"end/{topic}/{partition}", end)
-        buckets = Counter()
-        for rows in rows_of.values():
-            for row in rows:
-                latency = (committed_at - row["_ingested_at"]) / 1e6
-                buckets[next((b for b in LATENCY_BUCKETS if latency <= b), "inf")] += 1
-        for bucket, count in buckets.items():
-            pipe.hincrby(key, f"latency_le/{bucket}", count)
+        ingested = np.fromiter((row["_ingested_at"] for rows in rows_of.values() for row in rows), dtype=np.int64)
+        if len(ingested):  # each event in the first bucket its latency fits (the last: "inf")
+            latency = (committed_at - ingested) / 1e6
+            found = np.bincount(np.searchsorted(np.asarray(LATENCY_BUCKETS), latency, side="left"),
+                                minlength=len(LATENCY_BUCKETS) + 1)
+            for bucket, count in zip((*LATENCY_BUCKETS, "inf"), found.tolist()):
+                if count:
+                    pipe.hincrby(key, f"latency_le/{bucket}", count)
         pipe.hset(key, "last_batch_at", committed_at)
         try:
             pipe.execute()
@@ -504,6 +544,7 @@ class StreamEngine:
     def _land_replay(self, key: tuple[str, int], messages: list, limit: int) -> None:
         """Land an applied-but-unlanded batch again (after a crash), never applying it twice."""
         topic, partition = key
+        self._finish_pending()
         self._wait_landing()
         progress = self.writer.read_progress()
         applied_at = int(progress[_marker("applied_at", topic, partition)])

@@ -103,6 +103,21 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
     progress marker (stream engines commit one per partition: the ingestion time it is
     applied up to). ``extra``: more commands for the same transaction (e.g. an engine's
     counters that must not lag its commits)."""
+    return begin_apply(writer, events, progress=progress, expect=expect, watermarks=watermarks, retries=retries,
+                       after_read=after_read, watermark_topics=watermark_topics, extra=extra).finish()
+
+
+def begin_apply(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Sequence[Event] | ViewEvents]], *,
+                progress: Mapping[str, str] | None = None, expect: Mapping[str, str | None] | None = None,
+                watermarks: Sequence[tuple[FeatureView, int]] = (), retries: int = 20,
+                after_read: Callable[[int], None] | None = None,
+                watermark_topics: Sequence[tuple[FeatureView, str]] = (),
+                extra: Sequence[tuple] = (), first_attempt: int = 1) -> "PendingApply":
+    """:func:`apply_events` up to sending the transaction: returns a :class:`PendingApply`
+    whose :meth:`~PendingApply.finish` reads the outcome (the caller may work meanwhile, e.g.
+    decode its next batch while Redis executes this one). Raises
+    :class:`~parity.registry.online.writer.ProgressConflict` before anything is sent.
+    ``first_attempt``: the number of this batch's first attempt (a retry's)."""
     client = writer.client
     writer.ensure_scripts()
     plans = []
@@ -116,7 +131,10 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
     expected = list((expect or {}).items())
     lock, token = apply_lock_key(writer.project), uuid.uuid4().hex
     epoch_key = lock + b":epoch"
-    for attempt in range(1, retries + 1):
+    again = (writer, events, dict(progress=progress, expect=expect, watermarks=watermarks, after_read=after_read,
+                                  watermark_topics=watermark_topics, extra=extra))
+    first = first_attempt
+    for attempt in range(first, first + retries):
         epoch = _take_lock(client, lock, epoch_key, token)
         released = False
         try:
@@ -126,12 +144,17 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                 _raise_if_moved(expect, sorted(n for n, want in expected if found[n] != want), found)
             stored = _read(client, plans)
             batch = writer.batch()
-            tiles = sum(merge_into(batch, writer, plan, values) for plan, values in zip(plans, stored))
+            packed: list[bytes] = []
+            tiles = 0
+            for plan, values in zip(plans, stored):
+                written, commands = merge_into(batch._view(plan.events.view), writer, plan, values)
+                tiles += written
+                packed += commands
             for view, mark in watermarks:
                 batch.set_watermark(view, mark)
             if after_read is not None:
                 after_read(attempt)
-            commands = [c for vw in batch._views.values() for c in writer.apply_commands(vw)]
+            commands = [c for vw in batch._views.values() if (c := writer.meta_command(vw)) is not None]
             commands.extend(extra)
             if progress:
                 commands.append(writer.progress_command(dict(progress)))
@@ -139,12 +162,13 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                 commands.append((b"EVAL", WATERMARK_FROM_MARKS, 1 + len(marks_keys), pkey, *marks_keys,
                                  *[t for _v, t in watermark_topics]))
             commands.append((b"DEL", lock))
-            done = _commit(client, epoch_key, epoch, commands)
-            if done is None:
+            raw = _send_commit(client, epoch_key, epoch, packed + [pack(c) for c in commands])
+            if raw is None:
                 continue  # the lock expired and another writer took it: read and merge again
-            released = True  # by the transaction's DEL
-            committed_at = int(done[-3 if with_marks else -2]) if progress else None
-            return AppliedBatch(attempt, committed_at, tiles)
+            released = True  # by the transaction's DEL (or by finish(), should it fail)
+            offset = -3 if with_marks else -2
+            return PendingApply(raw, len(packed) + len(commands), offset if progress else None, attempt, tiles,
+                                (lock, token), again, first + retries - attempt - 1)
         finally:
             if not released:
                 client.eval(RELEASE, 1, lock, token)
@@ -152,9 +176,45 @@ def apply_events(writer: OnlineWriter, events: Sequence[tuple[FeatureView, Seque
                                 f"{retries} times", hint="fewer engine processes, or smaller batches")
 
 
+class PendingApply:
+    """A batch whose transaction is sent (its connection is held until :meth:`finish`)."""
+
+    def __init__(self, raw, n_commands: int, committed_reply: int | None, attempt: int, tiles: int,
+                 lock: tuple[bytes, str], again: tuple, retries_left: int):
+        self.raw, self.n_commands, self.committed_reply = raw, n_commands, committed_reply
+        self.attempt, self.tiles, self.lock, self.again, self.retries_left = attempt, tiles, lock, again, retries_left
+        self.outcome: AppliedBatch | None = None
+
+    def finish(self) -> AppliedBatch:
+        """The batch's outcome, once: when another writer took the apply lock before the
+        transaction ran (nothing was written), the batch is read, merged and sent again, and
+        waited for. Raises what :func:`apply_events` raises."""
+        if self.outcome is not None:
+            return self.outcome
+        writer, events, options = self.again
+        try:
+            result = _receive_commit(self.raw, self.n_commands)
+        except BaseException:
+            try:  # a refused batch wrote nothing and still holds the lock; free it if it is ours
+                writer.client.eval(RELEASE, 1, *self.lock)
+            except Exception:  # the store is unreachable: the lock expires by itself
+                pass
+            raise
+        if result is None:  # another writer took the lock after the check: EXEC did nothing
+            if self.retries_left <= 0:
+                raise ApplyRetriesExhausted(f"a batch lost the apply lock {self.attempt} times",
+                                            hint="fewer engine processes, or smaller batches")
+            self.outcome = begin_apply(writer, events, retries=self.retries_left, first_attempt=self.attempt + 1,
+                                       **options).finish()
+            return self.outcome
+        committed_at = int(result[self.committed_reply]) if self.committed_reply is not None else None
+        self.outcome = AppliedBatch(self.attempt, committed_at, self.tiles)
+        return self.outcome
+
+
 def _read(client, plans) -> list[list[list]]:
     """Per plan: the stored values of every read entity's fields."""
-    packed = [pack((b"HMGET", key, *fields)) for plan in plans for key, fields in zip(plan.keys, plan.fields)]
+    packed = [read for plan in plans for read in plan.reads]
     if not packed:
         return [[] for _plan in plans]
     with _raw(client) as raw:
@@ -166,20 +226,39 @@ def _read(client, plans) -> list[list[list]]:
     return out
 
 
-def _commit(client, epoch_key: bytes, epoch: int, commands: list[tuple]) -> list | None:
-    """Run ``commands`` in one transaction if nobody took the apply lock since ``epoch``:
-    ``WATCH`` the epoch, check it, ``MULTI`` ... ``EXEC``. Returns the commands' replies, or
-    None when another writer took the lock (then nothing was written)."""
-    with _raw(client) as raw:
-        _ok, current = raw.exchange([pack((b"WATCH", epoch_key)), pack((b"GET", epoch_key))])
+def _send_commit(client, epoch_key: bytes, epoch: int, packed: list[bytes]):
+    """Send the ``packed`` commands as one transaction if nobody took the apply lock since
+    ``epoch``: ``WATCH`` the epoch, check it, ``MULTI`` ... ``EXEC``. Returns the (entered)
+    connection whose replies :func:`_receive_commit` reads, or None when another writer took
+    the lock (then nothing was sent)."""
+    raw = _raw(client)
+    connection = raw.__enter__()
+    try:
+        _ok, current = connection.exchange([pack((b"WATCH", epoch_key)), pack((b"GET", epoch_key))])
         if current is None or int(current) != epoch:
-            raw.exchange([pack((b"UNWATCH",))])
+            connection.exchange([pack((b"UNWATCH",))])
+            raw.__exit__(None, None, None)
             return None
-        packed = [pack((b"MULTI",))] + [pack(c) for c in commands] + [pack((b"EXEC",))]
-        replies = raw.exchange(packed)
+        connection.send_transaction(packed)
+    except BaseException as exc:
+        raw.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    return raw
+
+
+def _receive_commit(raw, n: int) -> list | None:
+    """The replies of a transaction sent by :func:`_send_commit` (``n`` commands; the
+    connection goes back to the pool), or None when another writer took the lock after the
+    check (``EXEC`` did nothing)."""
+    try:
+        replies = raw.inner.receive_transaction(n)
+    except BaseException as exc:
+        raw.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    raw.__exit__(None, None, None)
     result = replies[-1]
     if result is None:
-        return None  # another writer took the lock after the check: EXEC did nothing
+        return None
     errors = [r for r in replies[:-1] if isinstance(r, hiredis.ReplyError)]
     if isinstance(result, hiredis.ReplyError) or errors:
         raise ParityError(f"the online store refused a batch: {result if not errors else errors[0]}",

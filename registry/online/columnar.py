@@ -82,6 +82,24 @@ class ViewEvents:
             cache[spec_index] = found
         return found
 
+    def json_partials(self, spec_index: int) -> list:
+        """:meth:`partials` in their JSON shapes (lists, as the complex field stores them):
+        ``last`` and each ``last_k`` entry -> ``[[ts, partition, offset], value]``, string
+        min/max -> the value. What the stream merge works on, without tuples to convert."""
+        cache = self.__dict__.setdefault("_json_partials", {})
+        found = cache.get(spec_index)
+        if found is None:
+            spec, column = self.layout.complex[spec_index], self.complex[spec_index]
+            if spec.agg in ("min", "max"):
+                found = list(column.values)
+            else:
+                index = column.index
+                found = [[[t, p, o], value] for t, p, o, value in
+                         zip(self.ts[index].tolist(), self.partition[index].tolist(), self.offset[index].tolist(),
+                             column.values)]
+            cache[spec_index] = found
+        return found
+
     @classmethod
     def from_events(cls, layout: ViewLayout, events: Sequence) -> "ViewEvents":
         """From row-wise :class:`~parity.registry.online.accumulate.Event` objects."""

@@ -73,3 +73,72 @@ class RawConnection:
         except (OSError, socket.timeout) as exc:
             self.conn.disconnect()
             raise RawExchangeError(f"Redis connection failed during a bulk exchange: {exc}") from exc
+
+    def send_transaction(self, packed: Sequence[bytes]) -> None:
+        """Send ``MULTI``, the packed commands and ``EXEC``; :meth:`receive_transaction`
+        reads the replies (the connection must not be used in between)."""
+        try:
+            self.conn._sock.sendall(b"".join([_MULTI, *packed, _EXEC]))
+        except (OSError, socket.timeout) as exc:
+            self.conn.disconnect()
+            raise RawExchangeError(f"Redis connection failed during a bulk exchange: {exc}") from exc
+
+    def receive_transaction(self, n: int) -> list:
+        """The replies of a transaction of ``n`` commands sent by :meth:`send_transaction`:
+        ``MULTI``'s, each command's and ``EXEC``'s, like :meth:`exchange`. Each queued
+        command's reply is ``+QUEUED`` unless Redis refused it; those are checked as bytes,
+        and only the ``EXEC`` reply is parsed (when some other reply came, everything is
+        parsed). A refused command is a ``hiredis.ReplyError`` value in its place."""
+        sock = self.conn._sock
+        expect = b"+OK\r\n" + b"+QUEUED\r\n" * n
+        try:
+            data = bytearray()
+            buffer = bytearray(1 << 20)
+            while len(data) < len(expect):
+                got = sock.recv_into(buffer)
+                if not got:
+                    raise RawExchangeError("Redis closed the connection during a bulk exchange")
+                checked = len(data)
+                data += buffer[:got]
+                upto = min(len(data), len(expect))
+                if data[checked:upto] != expect[checked:upto]:
+                    return self._replies(data, buffer, n + 2)  # some command was refused
+            reader = hiredis.Reader()
+            reader.feed(bytes(data[len(expect):]))
+            while True:
+                reply = reader.gets()
+                if reply is not False:
+                    break
+                got = sock.recv_into(buffer)
+                if not got:
+                    raise RawExchangeError("Redis closed the connection during a bulk exchange")
+                reader.feed(buffer, 0, got)
+            return [b"OK"] + [b"QUEUED"] * n + [reply]
+        except (OSError, socket.timeout) as exc:
+            self.conn.disconnect()
+            raise RawExchangeError(f"Redis connection failed during a bulk exchange: {exc}") from exc
+
+    def transaction(self, packed: Sequence[bytes]) -> list:
+        """:meth:`send_transaction` then :meth:`receive_transaction`."""
+        self.send_transaction(packed)
+        return self.receive_transaction(len(packed))
+
+    def _replies(self, data: bytearray, buffer: bytearray, want: int) -> list:
+        """Parse ``want`` replies: those in ``data``, then what the socket brings."""
+        reader = hiredis.Reader()
+        reader.feed(bytes(data))
+        replies: list = []
+        while len(replies) < want:
+            reply = reader.gets()
+            if reply is not False:
+                replies.append(reply)
+                continue
+            got = self.conn._sock.recv_into(buffer)
+            if not got:
+                raise RawExchangeError("Redis closed the connection during a bulk exchange")
+            reader.feed(buffer, 0, got)
+        return replies
+
+
+_MULTI = pack((b"MULTI",))
+_EXEC = pack((b"EXEC",))

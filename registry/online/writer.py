@@ -25,14 +25,14 @@ Redis (or all keys of a view on one Cluster slot).
 
 Stream writers that merge into stored values go through
 :func:`~parity.registry.online.apply.apply_events`, which writes with plain commands
-(:meth:`OnlineWriter.apply_commands`) under the project's apply lock.
+(plain commands built by :func:`~parity.registry.online.tile_merge.merge_into`) under the
+project's apply lock.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -41,7 +41,7 @@ from parity.registry.durations import floor_to, parse_duration
 from parity.registry.models import Definitions, FeatureView
 from parity.registry.online.accumulate import Event
 from parity.registry.online.keys import (
-    LATEST_FIELD, abort_key, complex_field, encode_entity, entity_key, meta_key, progress_key, tail_key, tile_field,
+    LATEST_FIELD, abort_key, complex_field, encode_entity, meta_key, progress_key, tile_field,
     view_prefix,
 )
 from parity.registry.online.layout import TileValue, ViewLayout
@@ -164,11 +164,6 @@ class _EntityWrite:
     fields: dict[bytes, bytes] = field(default_factory=dict)
     tail: dict[bytes, int] = field(default_factory=dict)  # member -> score
     horizon_end: int | None = None  # newest instant the key must survive until (event time)
-    # stream applies (``apply_commands``): what this write must also do, from the entity's
-    # ``_m`` field: refresh the key's expiry, trim and refresh the tail, prune old tiles
-    expire: bool = True
-    trim_tail: bool = True
-    prune: bool = False
 
 
 @dataclass
@@ -178,6 +173,7 @@ class _ViewWrite:
     entities: dict[bytes, _EntityWrite] = field(default_factory=dict)
     meta: list[tuple[str, str, str]] = field(default_factory=list)
     min_ts: int | None = None
+    written: bool = False  # a stream merge wrote entities of the view (their commands are its own)
 
 
 class WriteBatch:
@@ -365,48 +361,19 @@ class OnlineWriter:
         ahead = parse_duration(source.max_future) if source is not None else 0
         return (horizon + ahead) // 1000 + 60_000
 
-    def apply_commands(self, vw: _ViewWrite) -> list[tuple]:
-        """A stream batch's writes of one view as plain commands (no script per entity):
-        ``HSET`` of each entity's tiles, latest values and ``_m``, ``ZADD`` of its tail, and
-        only where the entity's ``_m`` says it is due (:mod:`parity.registry.online.tile_merge`):
-        ``PEXPIRE`` of the key, the trim (``ZREMRANGEBYSCORE``) and ``PEXPIRE`` of the tail,
-        and the prune script; then the view's markers. The caller runs them in a guarded
-        transaction (:func:`~parity.registry.online.apply.apply_events`). Scripts go as
-        ``EVAL`` (the server caches them by digest), so a server that lost its script cache
-        cannot fail one command of the transaction."""
-        layout = vw.layout
-        now = self.clock()
-        expire = self.expiry_ms(layout)
-        floor = self.tail_floor(layout) if self.tail else None
-        tail_ttl = 0 if layout.finest is None else (3 * layout.finest) // 1000 + 300_000
-        below = b"(%d" % floor if floor is not None else None
-        out: list[tuple] = []
-        over_full = []
-        hashes, tails = entity_key(vw.prefix, b""), tail_key(vw.prefix, b"")  # + the entity's code
-        for encoded, item in vw.entities.items():
-            key = hashes + encoded
-            if item.fields:
-                out.append((b"HSET", key, *chain.from_iterable(item.fields.items())))
-                if expire is not None and item.expire:
-                    out.append((b"PEXPIRE", key, expire))
-                if item.prune:
-                    over_full.append(key)
-            if item.tail and self.tail:
-                tail = tails + encoded
-                out.append((b"ZADD", tail, *chain.from_iterable(zip(item.tail.values(), item.tail))))
-                if item.trim_tail:
-                    if below is not None:
-                        out.append((b"ZREMRANGEBYSCORE", tail, b"-inf", below))
-                    out.append((b"PEXPIRE", tail, tail_ttl))
-        if over_full:
-            _max_fields, cuts = self.prune_limits(layout, now)
-            if cuts:
-                out.append((b"EVAL", PRUNE_SCRIPT, len(over_full), *over_full, len(cuts) // 2, *cuts))
+    def meta_command(self, vw: _ViewWrite) -> tuple | None:
+        """The command that moves a stream batch's view markers (``watermark``, ``min_ts``,
+        ``tail_from``), or None. A stream batch's writes themselves are plain commands built
+        by :func:`~parity.registry.online.tile_merge.merge_into`; the caller runs both in a
+        guarded transaction (:func:`~parity.registry.online.apply.apply_events`). Scripts go
+        as ``EVAL`` (the server caches them by digest), so a server that lost its script
+        cache cannot fail one command of the transaction."""
+        floor = self.tail_floor(vw.layout) if self.tail else None
         meta = self._meta(vw, floor)
-        if meta:
-            out.append((b"EVAL", WRITE_SCRIPT, 2, meta_key(vw.prefix), abort_key(self.project), vw.prefix, 0, 0,
-                        "-inf", 0, 0, len(meta), *[x for m in meta for x in m]))
-        return out
+        if not meta:
+            return None
+        return (b"EVAL", WRITE_SCRIPT, 2, meta_key(vw.prefix), abort_key(self.project), vw.prefix, 0, 0,
+                "-inf", 0, 0, len(meta), *[x for m in meta for x in m])
 
     def progress_command(self, progress: Mapping[str, str]) -> tuple:
         """The command that stores progress markers (a :data:`COMMIT_TIME` value becomes the
@@ -418,7 +385,7 @@ class OnlineWriter:
         meta = list(vw.meta)
         if vw.min_ts is not None:
             meta.append(("min_ts", "min", str(vw.min_ts)))
-        if floor is not None and vw.entities and self.tail:
+        if floor is not None and (vw.entities or vw.written) and self.tail:
             meta.append(("tail_from", "max", str(floor)))
         return meta
 
