@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import orjson
 import pytest
 
 import parity
+from harness_paths import stop
 from http_fixtures import DEFS, NOW, PROJECT, AsgiClient, serve_in_thread, write_tiles
 from parity.embedded import RedisServer, free_port, redis_client
 from parity.errors import ConfigError
@@ -418,12 +418,7 @@ def test_parity_serve_end_to_end(tmp_path, redis_server):
             with pytest.raises(UnknownFeature):
                 client.get_online_features({"user_id": [1]}, features=["user_engagement:nope"])
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            _out, err = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _out, err = server.communicate()
+        err = stop(server)
     assert err.startswith(f"parity: serving project short_video on http://127.0.0.1:{port} (2 worker(s)"), err
     assert "Traceback" not in err
 

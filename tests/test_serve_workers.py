@@ -12,7 +12,6 @@ requests, those of a worker that was killed included."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from harness_paths import child_pids
+from harness_paths import child_pids, kill_a_worker, stop
 from http_fixtures import PROJECT, write_tiles
 from parity.embedded import free_port
 
@@ -123,21 +122,11 @@ def test_two_workers_each_keep_an_exact_cache(redis, redis_server, tmp_path):
             finally:
                 for client in clients:
                     client.close()
-        os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
-        deadline = time.monotonic() + 30
-        while len(child_pids(server.pid)) != 2 or workers[0] in child_pids(server.pid):
-            assert time.monotonic() < deadline, "no worker was started in place of the dead one"
-            time.sleep(0.1)
-        time.sleep(1.0)
+        kill_a_worker(server, workers[0])  # a worker dies: another takes its place
         assert _answers(url, 8) == [_expected(plays)] * 8
         workers = child_pids(server.pid)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            _out, err = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _out, err = server.communicate()
+        err = stop(server)
     assert server.returncode == 0, err
     assert "Traceback" not in err, err
     assert err.count("starting another") == 1, err  # the one killed, nothing else
@@ -222,22 +211,12 @@ def test_metrics_count_every_worker(redis, redis_server, tmp_path):
         while _metric(_scrapes(url, 1)[0], "parity_feature_log_written_rows_total") != sent * len(VIDEOS):
             assert time.monotonic() < deadline, _scrapes(url, 1)[0]
             time.sleep(0.5)
-        os.kill(workers[0], signal.SIGKILL)  # its counts must stay in the totals
-        deadline = time.monotonic() + 30
-        while len(child_pids(server.pid)) != 2 or workers[0] in child_pids(server.pid):
-            assert time.monotonic() < deadline, "no worker was started in place of the dead one"
-            time.sleep(0.1)
-        time.sleep(1.0)  # the new worker builds its app
+        kill_a_worker(server, workers[0])  # its counts must stay in the totals
         check(_scrapes(url, 4))
         send(3, 2)
         check(_scrapes(url, 4))
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            _out, err = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _out, err = server.communicate()
+        err = stop(server)
     assert server.returncode == 0, err
     assert "Traceback" not in err, err
     assert list((tmp_path / "tmp").iterdir()) == []  # the metrics files were removed
@@ -260,10 +239,5 @@ def test_one_worker_counts_its_own_requests_even_in_a_multiprocess_environment(r
             assert _metric(text, "parity_lookup_entities_total") == 7 * len(VIDEOS)
             assert _metric(text, "parity_stream_metrics_available") == 1
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            _out, err = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _out, err = server.communicate()
+        err = stop(server)
     assert server.returncode == 0, err

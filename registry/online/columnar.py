@@ -66,7 +66,23 @@ class ViewEvents:
         """The partials of complex feature ``spec_index``, one per entry of its column (in
         :class:`ComplexColumn` order): ``last`` -> ``(order key, value)``, ``last_k`` ->
         ``[(order key, value)]``, string min/max -> the value. Computed once per batch."""
-        cache = self.__dict__.setdefault("_partials", {})
+        def build(agg: str, orders, values) -> list:
+            if agg == "last":
+                return [(order, value) for order, value in zip(orders, values)]
+            return [[(order, value)] for order, value in zip(orders, values)]
+        return self._complex("_partials", spec_index, build)
+
+    def json_partials(self, spec_index: int) -> list:
+        """:meth:`partials` in their JSON shapes (lists, as the complex field stores them):
+        ``last`` and each ``last_k`` entry -> ``[[ts, partition, offset], value]``, string
+        min/max -> the value. What the stream merge works on, without tuples to convert."""
+        return self._complex("_json_partials", spec_index,
+                             lambda agg, orders, values: [[list(order), value] for order, value in zip(orders, values)])
+
+    def _complex(self, name: str, spec_index: int, build) -> list:
+        """One shape of a complex feature's partials, built once per batch: string min/max are
+        the values themselves; ``last``/``last_k`` are ``build(agg, order keys, values)``."""
+        cache = self.__dict__.setdefault(name, {})
         found = cache.get(spec_index)
         if found is None:
             spec, column = self.layout.complex[spec_index], self.complex[spec_index]
@@ -75,28 +91,7 @@ class ViewEvents:
             else:
                 index = column.index
                 orders = zip(self.ts[index].tolist(), self.partition[index].tolist(), self.offset[index].tolist())
-                if spec.agg == "last":
-                    found = [(order, value) for order, value in zip(orders, column.values)]
-                else:
-                    found = [[(order, value)] for order, value in zip(orders, column.values)]
-            cache[spec_index] = found
-        return found
-
-    def json_partials(self, spec_index: int) -> list:
-        """:meth:`partials` in their JSON shapes (lists, as the complex field stores them):
-        ``last`` and each ``last_k`` entry -> ``[[ts, partition, offset], value]``, string
-        min/max -> the value. What the stream merge works on, without tuples to convert."""
-        cache = self.__dict__.setdefault("_json_partials", {})
-        found = cache.get(spec_index)
-        if found is None:
-            spec, column = self.layout.complex[spec_index], self.complex[spec_index]
-            if spec.agg in ("min", "max"):
-                found = list(column.values)
-            else:
-                index = column.index
-                found = [[[t, p, o], value] for t, p, o, value in
-                         zip(self.ts[index].tolist(), self.partition[index].tolist(), self.offset[index].tolist(),
-                             column.values)]
+                found = build(spec.agg, orders, column.values)
             cache[spec_index] = found
         return found
 
