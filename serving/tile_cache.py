@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from parity.registry.online.keys import tail_prefix_of
 from parity.registry.online.layout import ViewLayout
 from parity.serving.invalidation import InvalidationTracker, TrackingUnavailable
 from parity.serving.merge import tail_span
@@ -65,11 +66,6 @@ class CacheStats:
 
 
 NO_TAIL = np.iinfo(np.int64).max  # ``tail_lo`` of a row without a kept tail fold: never covers ``now``
-
-
-def tail_prefix(entity_prefix: bytes) -> bytes:
-    """``p:<project>:<view>:<version>:t:`` from the entity-hash prefix ``...:e:``."""
-    return entity_prefix[:-2] + b"t:"
 
 
 class PlanPart:
@@ -187,7 +183,7 @@ class TileCache:
     def __init__(self, client, prefixes: list[bytes], max_bytes: int = 256 << 20, max_plans: int = 64):
         """``prefixes``: entity-hash key prefix (``p:<project>:<view>:<version>:e:``) of
         every view that may be cached (their tails, ``...:t:``, are tracked too)."""
-        self.tracker = InvalidationTracker(client, [*prefixes, *map(tail_prefix, prefixes)])
+        self.tracker = InvalidationTracker(client, [*prefixes, *map(tail_prefix_of, prefixes)])
         self.max_bytes, self.max_plans = max_bytes, max_plans
         self.stats = CacheStats()
         self._parts: OrderedDict[tuple, tuple[bytes, bytes, PlanPart]] = OrderedDict()
@@ -230,7 +226,7 @@ class TileCache:
             found = self._parts.get(key)
             if found is None:
                 part = PlanPart(layout, len(windows))
-                self._parts[key] = (prefix, tail_prefix(prefix), part)
+                self._parts[key] = (prefix, tail_prefix_of(prefix), part)
                 self._bytes += part.nbytes
                 self._evict()
             else:
@@ -289,7 +285,7 @@ class TileCache:
                 self._catch_up()
             self.stats.reread += len(cached)
             return cached
-        tprefix = tail_prefix(prefix)
+        tprefix = tail_prefix_of(prefix)
         with self._lock:
             self._catch_up()
             _epoch, changed = self.tracker.changes(split.epoch)

@@ -74,12 +74,21 @@ def view_prefix(project: str, view: str, version: int) -> bytes:
     return f"p:{project}:{view}:{version}:".encode()
 
 
+ENTITY_PART, TAIL_PART = b"e:", b"t:"  # after the view prefix: an entity's hash, its tail
+
+
 def entity_key(prefix: bytes, entity: bytes) -> bytes:
-    return prefix + b"e:" + entity
+    return prefix + ENTITY_PART + entity
 
 
 def tail_key(prefix: bytes, entity: bytes) -> bytes:
-    return prefix + b"t:" + entity
+    return prefix + TAIL_PART + entity
+
+
+def tail_prefix_of(entity_prefix: bytes) -> bytes:
+    """The key prefix of a view's tails, from that of its entity hashes
+    (``entity_key(view prefix, b"")``)."""
+    return tail_key(entity_prefix[:-len(ENTITY_PART)], b"")
 
 
 def meta_key(prefix: bytes) -> bytes:
