@@ -31,6 +31,10 @@ class EntityKeyError(ParityError):
     """A join key value is missing or has the wrong type."""
 
 
+INT_BOUNDS = {"int32": 2**31, "int64": 2**63}  # an integer key of the type lies in [-bound, bound)
+INT_FORMAT = b"i%d;"
+
+
 def encode_value(name: str, dtype: str, value: Any) -> bytes:
     if value is None:
         raise EntityKeyError(f"join key {name!r} is null", hint="every entity row needs every join key")
@@ -38,10 +42,10 @@ def encode_value(name: str, dtype: str, value: Any) -> bytes:
         if type(value) is not int:
             raise EntityKeyError(f"join key {name!r} must be an integer ({dtype}), got {type(value).__name__} {value!r}",
                                  hint=f"send {name} as a JSON number")
-        bound = 2**31 if dtype == "int32" else 2**63
+        bound = INT_BOUNDS[dtype]
         if not -bound <= value < bound:
             raise EntityKeyError(f"join key {name!r} = {value} is out of range for {dtype}")
-        return b"i%d;" % value
+        return INT_FORMAT % value
     if dtype == "bool":
         if type(value) is not bool:
             raise EntityKeyError(f"join key {name!r} must be a boolean, got {type(value).__name__} {value!r}")
@@ -59,10 +63,10 @@ def encode_ints(dtype: str, values: Sequence[Any]) -> list[bytes] | None:
     """:func:`encode_value` of many ``int32``/``int64`` values at once (a read helper for
     lookups of hundreds of entities); None when any value is not a valid one (encode them one
     by one then, for the error)."""
-    bound = 2**31 if dtype == "int32" else 2**63
+    bound = INT_BOUNDS[dtype]
     if not values or set(map(type, values)) != {int} or not -bound <= min(values) <= max(values) < bound:
         return None
-    return list(map(b"i%d;".__mod__, values))
+    return list(map(INT_FORMAT.__mod__, values))
 
 
 def encode_entity(join_keys: Mapping[str, str], values: Sequence[Any]) -> bytes:
