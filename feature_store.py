@@ -62,13 +62,6 @@ class FeatureStore:
             return snapshot_scan_sql(source, self.config.root)
         return self.offline_log.scan_sql(source)
 
-    def snapshot_files(self, source_name: str) -> list[str]:
-        """The Parquet files a snapshot source's scan reads (none for other sources)."""
-        from parity.batch.offline_log import snapshot_files
-
-        source = self.definitions.source(source_name)
-        return snapshot_files(source, self.config.root) if source is not None and source.kind == "snapshot" else []
-
     def resolve(self, *, features: Sequence[str] | None = None, service: str | None = None) -> list[ResolvedFeature]:
         return resolve(self.definitions, service=service, features=features)
 
@@ -96,8 +89,7 @@ class FeatureStore:
         con = self._connect()
         try:
             return run_training_set(con, self.definitions, resolved, spine, self.scan_sql, mode=mode,
-                                    timestamp_column=timestamp_column, out=out, progress=progress, phases=phases,
-                                    files_of=self.snapshot_files)
+                                    timestamp_column=timestamp_column, out=out, progress=progress, phases=phases)
         finally:
             con.close()
 

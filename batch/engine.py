@@ -140,14 +140,12 @@ def _execute(con, statement: str, phase: str):
 def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], spine: Any,
                      scan_of: Callable[[str], str], *, mode: str = "event_time", timestamp_column: str = "ts",
                      out: str | Path | None = None, progress: bool = False, phases: Phases | None = None,
-                     latest: str = "auto", running: str = "auto", files_of: Callable[[str], list[str]] | None = None):
+                     latest: str = "auto", running: str = "auto"):
     """Compute a training set; return an Arrow table, or write Parquet to ``out`` and return its path.
 
     ``latest`` says where latest values are computed: ``"auto"`` (in memory when the view's
     rows fit, :func:`parity.batch.latest_arrow.choose`), ``"arrow"`` or ``"duckdb"``;
     ``running`` the same for running totals (:func:`parity.batch.prefix_arrow.choose`).
-    ``files_of(source)``: a snapshot source's Parquet files, which the in-memory latest
-    values may read with Arrow (:func:`parity.batch.latest_arrow.snapshot_rows`).
     """
     from parity.batch.latest_arrow import PATHS
     from parity.batch.training_set import MODES, float_scales, plan_groups, prepare_spine
@@ -187,7 +185,7 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         if direct is not None:
             if latest_path(direct) == "arrow":
                 return _run_direct_arrow(con, defs, direct, scan_of, mode, columns, timestamp_column, out, phases,
-                                         bar, null_times, _parquet_file(spine), files_of)
+                                         bar, null_times)
             if null_times is not None:
                 null_times()
             result = _run_direct(con, defs, direct, scan_of, mode, columns, table, rows, out, phases, bar)
@@ -249,16 +247,15 @@ def _running_path(defs, group, sizes: _Sizes, points: int, requested: str) -> tu
 
 
 def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column, out, phases, bar,
-                      null_times=None, spine_file=None, files_of=None):
+                      null_times=None):
     """A view's latest values in memory (:mod:`parity.batch.latest_arrow`) at every spine row:
     the spine read once in file order, the values found in that order, set beside it.
     ``null_times``: the spine's null-time check when
-    :func:`parity.batch.training_set.prepare_spine` left it to this read; ``spine_file``:
-    the spine's Parquet file, if it is one (see :func:`_parquet_in_order`).
+    :func:`parity.batch.training_set.prepare_spine` left it to this read.
     """
     import pyarrow as pa
 
-    from parity.batch.latest_arrow import BATCH_ROWS, latest_values, rows_sql, snapshot_rows
+    from parity.batch.latest_arrow import BATCH_ROWS, latest_values, rows_sql
     from parity.batch.training_set import events_sql
 
     began = time.perf_counter()
@@ -266,19 +263,15 @@ def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column
     if bar:
         bar.set_postfix_str(name)
     join_keys = defs.entity(group.view.entity).join_keys
-    spine = _parquet_in_order(con, spine_file, columns) if spine_file is not None else None
-    if spine is None:
-        spine = ordered_scan(con, f"SELECT {', '.join(q(c) for c in columns)}, __row FROM __spine")
+    spine = ordered_scan(con, f"SELECT {', '.join(q(c) for c in columns)}, __row FROM __spine")
     if null_times is not None:
         null_times(spine.column(timestamp_column).null_count)
     found = _keys_and_times(spine, join_keys, timestamp_column)
     if found is None:  # keys or times of other types: DuckDB casts them, as for every other path
         typed = ordered_scan(con, f"SELECT {', '.join(q('__k_' + k) for k in join_keys)}, __t, __row FROM __spine")
         found = typed.columns[:len(join_keys)], typed.column("__t").to_numpy()
-    rows = snapshot_rows(defs, group, files_of(group.view.source), mode) if files_of is not None else None
-    if rows is None:
-        rows = con.sql(rows_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), mode)) \
-            .to_arrow_table(BATCH_ROWS)
+    rows = con.sql(rows_sql(defs, group, events_sql(defs, group.view, scan_of(group.view.source)), mode)) \
+        .to_arrow_table(BATCH_ROWS)
     values = latest_values(group, rows, *found, mode)
     result = pa.Table.from_arrays(spine.columns[:len(columns)] + values,
                                   names=[*columns, *(item.output_name for item, _ in group.features)])
@@ -289,31 +282,6 @@ def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column
     if bar:
         bar.update(2)
     return result
-
-
-def _parquet_file(spine: Any) -> Path | None:
-    if isinstance(spine, (str, Path)) and Path(spine).suffix.lower() == ".parquet":
-        return Path(spine)
-    return None
-
-
-def _parquet_in_order(con, path: Path, columns: list[str]):
-    """The spine's ``columns`` read from its Parquet file by Arrow (file order, columns
-    decoded in parallel), when Arrow types them exactly as DuckDB's read of ``__spine``
-    does (the same values then); else None (DuckDB reads it)."""
-    import pyarrow.parquet as pq
-
-    try:
-        file = pq.ParquetFile(path)
-        if {"__row", "file_row_number"} & set(file.schema_arrow.names):
-            return None
-        table = file.read(columns=columns, use_threads=False)
-    except Exception:  # anything Arrow cannot read as asked: DuckDB reads it (and names the fault)
-        return None
-    duckdb_schema = con.sql(f"SELECT {', '.join(q(c) for c in columns)} FROM __spine LIMIT 0").to_arrow_table().schema
-    if table.column_names != duckdb_schema.names or table.schema.types != duckdb_schema.types:
-        return None
-    return table
 
 
 def _keys_and_times(spine, join_keys: dict[str, str], timestamp_column: str):

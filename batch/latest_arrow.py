@@ -90,67 +90,6 @@ def rows_sql(defs: Definitions, group: LatestGroup, events: str, mode: str) -> s
     return f"SELECT {', '.join(parts)} FROM ({events}) WHERE {not_null}"
 
 
-def snapshot_rows(defs: Definitions, group: LatestGroup, files: list[str], mode: str):
-    """The rows :func:`rows_sql` selects, read by Arrow straight from a snapshot source's
-    Parquet ``files``, or None when that read is not a plain projection of theirs.
-
-    It is one exactly when: event time, a view with no derived columns and no ``where``,
-    keys of the same dtype in the source, and every file holding each column read with
-    the Arrow type of its dtype (so the SQL's casts change nothing; timestamps naive
-    microseconds). Rows with a null key or time are dropped, as by the SQL. Strings are
-    read as dictionaries: cheaper to decode and to take (:func:`take_live` decodes them).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from parity.registry.types import arrow_type
-
-    view = group.view
-    source = defs.source(view.source)
-    if (not files or source is None or source.kind != "snapshot" or mode != "event_time" or view.derived
-            or any(item.feature.where for item, _ in group.features)):
-        return None
-    schema = view_schema(defs, view)
-    join_keys = defs.entity(view.entity).join_keys
-    keys = {key: view.source_column_of(key) for key in join_keys}
-    if any(schema.get(column) != join_keys[key] for key, column in keys.items()):
-        return None
-    ts = source.timestamp_field
-    columns = sorted({item.feature.column for item, _ in group.features})
-    wanted = {column: schema[column] for column in [*keys.values(), ts, *columns]}
-    if schema.get(ts) != "timestamp" or any(dtype.startswith("list<") for dtype in wanted.values()):
-        return None
-    strings = [column for column, dtype in wanted.items() if dtype == "string" and column not in keys.values()]
-    tables = []
-    try:
-        for path in files:
-            file = pq.ParquetFile(path, read_dictionary=strings)
-            found = file.schema_arrow
-            for column, dtype in wanted.items():
-                if found.get_field_index(column) < 0:
-                    return None
-                expected = arrow_type(dtype)
-                got = found.field(column).type
-                if got != expected and not (column in strings and got == pa.dictionary(pa.int32(), expected)):
-                    return None
-            tables.append(file.read(columns=list(wanted), use_threads=False))
-    except (OSError, pa.ArrowException):  # unreadable as asked: DuckDB reads it (and names the fault)
-        return None
-    table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
-    needed = [table.column(column) for column in [*keys.values(), ts]]
-    if any(column.null_count for column in needed):
-        mask = needed[0].is_valid()
-        for column in needed[1:]:
-            mask = pc.and_(mask, column.is_valid())
-        table = table.filter(mask)
-    out = {"__k_" + key: table.column(column) for key, column in keys.items()}
-    out["__ts"] = table.column(ts).cast(pa.int64())
-    for i, column in enumerate(columns):
-        out[f"__c{i}"] = table.column(column)
-    return pa.table(out)
-
-
 def latest_values(group: LatestGroup, rows, point_keys: list, t, mode: str) -> list:
     """Each feature's values (Arrow arrays, in the order of ``group.features``) at the points
     ``(point_keys, t)``: ``rows`` is the Arrow result of :func:`rows_sql` in ``mode``,
@@ -202,8 +141,7 @@ def latest_values(group: LatestGroup, rows, point_keys: list, t, mode: str) -> l
             live = (row >= 0) & latest_is_live(ts[safe], t, ttl) if len(ts) else row >= 0
             taken[key, ttl] = (safe, live) if live.any() else None
         indices = taken[key, ttl]
-        dtype = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
-        out.append(pa.chunked_array([pa.nulls(len(t), dtype)]) if indices is None else take_live(values, *indices))
+        out.append(pa.chunked_array([pa.nulls(len(t), values.type)]) if indices is None else take_live(values, *indices))
     return out
 
 
@@ -213,29 +151,18 @@ def take_live(values, rows, live):
     A take with null indices costs about twice a plain one, so for flat types (numbers,
     timestamps, strings) the rows are taken plainly and ``live`` becomes the result's
     validity (a live row's value is never null: the row was chosen among non-null
-    values). Other types take with null indices. Dictionary values (:func:`snapshot_rows`)
-    come out decoded: their indices are taken, then the dictionary's entries."""
+    values). Other types take with null indices."""
     import numpy as np
     import pyarrow as pa
 
-    taken = None
-    if pa.types.is_dictionary(values.type) and _flat(values.type.value_type):
-        array = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-        codes = array.indices.take(pa.array(rows))
-        if codes.null_count and len(array.dictionary):  # null entries: not live, any code serves
-            codes = codes.fill_null(0)
-        taken = pa.chunked_array([array.dictionary.take(codes)])
-    elif _flat(values.type):
+    if _flat(values.type):
         taken = values.take(pa.array(rows))
-    if taken is not None:
         if taken.num_chunks == 1 and taken.chunk(0).offset == 0:
             array = taken.chunk(0)
             nulls = len(live) - int(np.count_nonzero(live))
             validity = None if nulls == 0 else pa.py_buffer(np.packbits(live, bitorder="little"))
             return pa.chunked_array([pa.Array.from_buffers(array.type, len(array),
                                                            [validity, *array.buffers()[1:]], null_count=nulls)])
-    if pa.types.is_dictionary(values.type):
-        return values.take(pa.array(rows, mask=~live)).cast(values.type.value_type)
     return values.take(pa.array(rows, mask=~live))
 
 
@@ -392,5 +319,5 @@ def latest_table(con, defs: Definitions, group: LatestGroup, events: str, points
                                 names=[*at.column_names, *(item.output_name for item, _ in group.features)])
 
 
-__all__ = ["PATHS", "choose", "working_set", "rows_sql", "snapshot_rows", "latest_values", "latest_table", "encode_keys",
+__all__ = ["PATHS", "choose", "working_set", "rows_sql", "latest_values", "latest_table", "encode_keys",
            "newest_counting"]

@@ -6,5 +6,5 @@ other). This module re-exports them for the batch engine.
 """
 
 from parity.registry.offline_log import (  # noqa: F401
-    LANDED_PARTITION, META_COLUMNS, OfflineLog, arrow_type, snapshot_scan_sql, snapshot_files, sql_ident, sql_string,
+    LANDED_PARTITION, META_COLUMNS, OfflineLog, arrow_type, snapshot_scan_sql, sql_ident, sql_string,
 )

@@ -104,16 +104,6 @@ def _empty_relation(columns: list[tuple[str, str]]) -> str:
     return f"(SELECT {select} WHERE false)"
 
 
-def snapshot_files(source: Source, root_dir: str | Path) -> list[str]:
-    """The files a snapshot source's scan (:func:`snapshot_scan_sql`) reads, sorted."""
-    if source.snapshot is None:
-        return []
-    pattern = Path(source.snapshot.path)
-    if not pattern.is_absolute():
-        pattern = Path(root_dir) / pattern
-    return sorted(_glob.glob(str(pattern)))
-
-
 def snapshot_scan_sql(source: Source, root_dir: str | Path) -> str:
     """A DuckDB table expression reading a snapshot source (``kind: snapshot``).
 
