@@ -109,9 +109,9 @@ POINTS_PER_CHUNK = 4_000_000
 STATE_BYTES = 512  # a point's merge state per feature, on average (last_k lists are larger, but rare)
 
 
-def merge_chunks(con, resolved: list[ResolvedFeature], spine_table: str) -> int:
-    """How many chunks of points the final merge uses: enough to fit DuckDB's memory limit."""
-    rows = con.execute(f"SELECT count(*) FROM {spine_table}").fetchall()[0][0]
+def merge_chunks(con, resolved: list[ResolvedFeature], rows: int) -> int:
+    """How many chunks of points the final merge uses for ``rows`` spine rows: enough to fit
+    DuckDB's memory limit."""
     limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     budget = _bytes(limit) // 4  # leave room for the joins feeding the merge
     per_chunk = max(1_000, min(POINTS_PER_CHUNK, budget // (STATE_BYTES * max(1, len(resolved)))))
@@ -170,47 +170,69 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
         started = time.perf_counter()
         table = register_spine(con, spine)
         direct = _direct_group(groups)
-        columns = prepare_spine(con, defs, resolved, table, timestamp_column, materialize=direct is None)
+        # the direct plan may leave the null-time check to the spine's read (None: it was made)
+        columns, null_times = prepare_spine(con, defs, resolved, table, timestamp_column,
+                                            materialize=direct is None, defer_null_times=direct is not None)
         phases.record("spine", started)
         if bar:
             bar.update(1)
         rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        sizes = _Sizes(con, scan_of)
 
         def latest_path(group) -> str:
-            return _latest_path(con, defs, group, scan_of, rows, latest)
+            return _latest_path(defs, group, sizes, rows, latest)
 
         if direct is not None:
             if latest_path(direct) == "arrow":
                 return _run_direct_arrow(con, defs, direct, scan_of, mode, columns, timestamp_column, out, phases,
-                                         bar)
-            result = _run_direct(con, defs, direct, scan_of, mode, columns, table, out, phases, bar)
+                                         bar, null_times)
+            if null_times is not None:
+                null_times()
+            result = _run_direct(con, defs, direct, scan_of, mode, columns, table, rows, out, phases, bar)
             if result is not None:
                 return result
             con.execute("DROP VIEW __spine")  # some spine row sees two rows of its key: the general plan
             prepare_spine(con, defs, resolved, table, timestamp_column)
         def running_path(group) -> tuple[str, int]:
-            return _running_path(con, defs, group, scan_of, rows, running)
+            return _running_path(defs, group, sizes, rows, running)
 
-        return _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path,
+        return _run_groups(con, defs, resolved, scan_of, mode, columns, rows, scales, out, phases, bar, latest_path,
                            running_path)
     finally:
         if bar:
             bar.close()
 
 
-def _latest_path(con, defs, group, scan_of, points: int, requested: str) -> str:
+class _Sizes:
+    """The rows of each source's scan and DuckDB's memory limit, each asked of DuckDB once per run."""
+
+    def __init__(self, con, scan_of: Callable[[str], str]) -> None:
+        self._con, self._scan_of, self._rows = con, scan_of, {}
+        self._limit: int | None = None
+
+    def rows(self, source: str) -> int:
+        if source not in self._rows:
+            self._rows[source] = self._con.execute(f"SELECT count(*) FROM {self._scan_of(source)}").fetchall()[0][0]
+        return self._rows[source]
+
+    @property
+    def memory_limit(self) -> int:
+        if self._limit is None:
+            self._limit = _bytes(self._con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+        return self._limit
+
+
+def _latest_path(defs, group, sizes: _Sizes, points: int, requested: str) -> str:
     """``"arrow"`` or ``"duckdb"`` for a view's latest values (:func:`parity.batch.latest_arrow.choose`,
     on the rows of the view's scan and DuckDB's memory limit)."""
     from parity.batch.latest_arrow import choose
 
     if requested != "auto":
         return choose(requested, defs, group, 0, 0, 0)
-    rows = con.execute(f"SELECT count(*) FROM {scan_of(group.view.source)}").fetchall()[0][0]
-    limit = _bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
-    return choose(requested, defs, group, rows, points, limit)
+    return choose(requested, defs, group, sizes.rows(group.view.source), points, sizes.memory_limit)
 
 
-def _running_path(con, defs, group, scan_of, points: int, requested: str) -> tuple[str, int]:
+def _running_path(defs, group, sizes: _Sizes, points: int, requested: str) -> tuple[str, int]:
     """``("arrow", bytes)`` or ``("duckdb", 0)`` for a view's running totals
     (:func:`parity.batch.prefix_arrow.choose` on the rows of the view's scan and DuckDB's
     memory limit); ``bytes``: the estimated working set, taken from DuckDB's limit while
@@ -219,15 +241,18 @@ def _running_path(con, defs, group, scan_of, points: int, requested: str) -> tup
 
     if requested != "auto":
         return choose(requested, defs, group, 0, 0, 0), 0
-    rows = con.execute(f"SELECT count(*) FROM {scan_of(group.view.source)}").fetchall()[0][0]
-    limit = _bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
-    path = choose(requested, defs, group, rows, points, limit)
+    rows = sizes.rows(group.view.source)
+    path = choose(requested, defs, group, rows, points, sizes.memory_limit)
     return path, working_set(defs, group, rows, points) if path == "arrow" else 0
 
 
-def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column, out, phases, bar):
+def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column, out, phases, bar,
+                      null_times=None):
     """A view's latest values in memory (:mod:`parity.batch.latest_arrow`) at every spine row:
-    the spine read once in file order, the values found in that order, set beside it."""
+    the spine read once in file order, the values found in that order, set beside it.
+    ``null_times``: the spine's null-time check when
+    :func:`parity.batch.training_set.prepare_spine` left it to this read.
+    """
     import pyarrow as pa
 
     from parity.batch.latest_arrow import BATCH_ROWS, latest_values, rows_sql
@@ -239,6 +264,8 @@ def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column
         bar.set_postfix_str(name)
     join_keys = defs.entity(group.view.entity).join_keys
     spine = ordered_scan(con, f"SELECT {', '.join(q(c) for c in columns)}, __row FROM __spine")
+    if null_times is not None:
+        null_times(spine.column(timestamp_column).null_count)
     found = _keys_and_times(spine, join_keys, timestamp_column)
     if found is None:  # keys or times of other types: DuckDB casts them, as for every other path
         typed = ordered_scan(con, f"SELECT {', '.join(q('__k_' + k) for k in join_keys)}, __t, __row FROM __spine")
@@ -295,7 +322,7 @@ def _direct_group(groups: list):
     return groups[0] if len(groups) == 1 and isinstance(groups[0], LatestGroup) else None
 
 
-def _run_direct(con, defs, group, scan_of, mode, columns, table, out, phases, bar):
+def _run_direct(con, defs, group, scan_of, mode, columns, table, rows: int, out, phases, bar):
     """One hash join of the spine with the view's rows; None when some spine row sees two rows.
 
     In memory, the join carries only the keys, ``__t`` and ``__row`` of the spine (the
@@ -310,7 +337,6 @@ def _run_direct(con, defs, group, scan_of, mode, columns, table, out, phases, ba
     name = f"features: {group.view.name} v{group.view.version} latest values by hash join, from the spine"
     if bar:
         bar.set_postfix_str(name)
-    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     if out is not None:
         target = str(out).replace("'", "''")
         sql = direct_sql(defs, group, scan_of, mode, columns, rows)
@@ -364,7 +390,7 @@ def in_spine_order(table):
     return table.drop_columns(["__row"]).take(pa.array(order))
 
 
-def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out, phases, bar, latest_path,
+def _run_groups(con, defs, resolved, scan_of, mode, columns, rows: int, scales, out, phases, bar, latest_path,
                 running_path):
     """The general plan: one relation per group of features, joined to the spine."""
     from parity.batch.training_set import training_set_sql
@@ -412,7 +438,7 @@ def _run_groups(con, defs, resolved, scan_of, mode, columns, table, scales, out,
         return relation
 
     sql = training_set_sql(defs, resolved, scan_of, mode, columns, step=step,
-                           chunks=merge_chunks(con, resolved, table), scales=scales, ordered=out is not None,
+                           chunks=merge_chunks(con, resolved, rows), scales=scales, ordered=out is not None,
                            latest_path=latest_path, running_path=running_path)
     began = time.perf_counter()
     if bar:

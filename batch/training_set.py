@@ -287,11 +287,15 @@ def _merge_selects(setup: list[str], parts: list[str], prefix: str, key_list: st
 
 
 def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine_table: str,
-                  timestamp_column: str, *, materialize: bool = True) -> list[str]:
+                  timestamp_column: str, *, materialize: bool = True, defer_null_times: bool = False):
     """Create ``__spine`` from the user's spine: typed entity keys, ``__t`` and ``__row``
     (a table, or with ``materialize=False`` a view for a plan that reads the spine once).
 
-    Returns the user's column names, in order.
+    Returns the user's column names, in order, and the check of null times when it was
+    left to the caller, else None. It is left (``defer_null_times``) only when no key
+    needs a check of its own (every key column already has its key's type), so an error
+    names the same fault whoever checks: ``check(nulls)`` raises when ``nulls`` (the
+    null times the caller counted, or None to count them here) is not 0.
     """
     types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {spine_table})").fetchall())
     columns = list(types)
@@ -308,24 +312,35 @@ def prepare_spine(con, defs: Definitions, resolved: list[ResolvedFeature], spine
                 raise SpineError(f"the spine has no column {key!r}, the join key of entity {item.entity.name} "
                                  f"needed by {item.ref}", hint=f"add {key!r} to the spine")
             key_exprs[key] = f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtype]}) AS {q('__k_' + key)}"
-    # every check in one scan of the spine
-    checks = [f"count(*) FILTER (WHERE {q(timestamp_column)} IS NULL)"]
+    # every check in one scan of the spine; a key column of its key's type casts without loss
+    null_times = f"count(*) FILTER (WHERE {q(timestamp_column)} IS NULL)"
+    checks = []
     dtypes = {}
     for key in key_exprs:
         dtypes[key] = next(i.entity.join_keys[key] for i in resolved if key in i.entity.join_keys)
-        checks.append(f"count(*) FILTER (WHERE {q(key)} IS NOT NULL AND "
-                      f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtypes[key]]}) IS NULL)")
-    bad, *wrongs = con.execute(f"SELECT {', '.join(checks)} FROM {spine_table}").fetchall()[0]
-    if bad:
-        raise SpineError(f"{bad} spine rows have a null {timestamp_column!r}", hint="drop or fill them")
-    for key, wrong in zip(key_exprs, wrongs):
-        if wrong:
-            dtype = dtypes[key]
-            raise SpineError(f"{wrong} spine values of {key!r} are not {dtype}", hint=f"cast {key!r} to {dtype}")
+        if types[key] != DUCKDB_TYPES[dtypes[key]]:
+            checks.append((key, f"count(*) FILTER (WHERE {q(key)} IS NOT NULL AND "
+                                f"TRY_CAST({q(key)} AS {DUCKDB_TYPES[dtypes[key]]}) IS NULL)"))
+
+    def check(bad: int | None = None) -> None:
+        if bad is None:
+            bad = con.execute(f"SELECT {null_times} FROM {spine_table}").fetchall()[0][0]
+        if bad:
+            raise SpineError(f"{bad} spine rows have a null {timestamp_column!r}", hint="drop or fill them")
+
+    deferred = defer_null_times and not checks
+    if not deferred:
+        bad, *wrongs = con.execute(f"SELECT {', '.join([null_times, *(c for _, c in checks)])} "
+                                   f"FROM {spine_table}").fetchall()[0]
+        check(bad)
+        for (key, _), wrong in zip(checks, wrongs):
+            if wrong:
+                dtype = dtypes[key]
+                raise SpineError(f"{wrong} spine values of {key!r} are not {dtype}", hint=f"cast {key!r} to {dtype}")
     extra = ", ".join(key_exprs.values())
     con.execute(f"CREATE OR REPLACE TEMP {'TABLE' if materialize else 'VIEW'} __spine AS SELECT *, {extra}"
                 f"{',' if extra else ''} epoch_us({q(timestamp_column)}) AS __t FROM {spine_table}")
-    return [c for c in columns if c != "__row"]
+    return [c for c in columns if c != "__row"], check if deferred else None
 
 
 def float_scales(con, defs: Definitions, resolved: list[ResolvedFeature], scan_of: Callable[[str], str],

@@ -276,3 +276,69 @@ def test_composite_string_and_bool_keys_on_both_paths():
             got = run_training_set(con, defs, resolve(defs, features=["k:*"]), spine, lambda source: "kv_arrow",
                                    mode=mode, latest=latest)
             assert got.column("k__kind").to_pylist() == ["k2", "k3", None, None, None, None], (mode, latest)
+
+
+TAKE_VALUES = {
+    pa.int64(): st.integers(-2**63, 2**63 - 1),
+    pa.float64(): st.floats(allow_nan=False),
+    pa.bool_(): st.booleans(),
+    pa.string(): st.text(max_size=5),
+    pa.timestamp("us"): st.datetimes(),
+    pa.list_(pa.int64()): st.lists(st.integers(0, 9), max_size=3),
+}
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(list(TAKE_VALUES)), chunks=st.integers(1, 3))
+def test_take_live_equals_a_take_with_null_indices(data, dtype, chunks):
+    """Flat columns taken plainly with the live mask as validity, others with null indices:
+    the same array as one take with null indices (live rows hold values, as when chosen)."""
+    import numpy as np
+
+    from parity.batch.latest_arrow import take_live
+
+    values = data.draw(st.lists(st.none() | TAKE_VALUES[dtype], min_size=1, max_size=30))
+    n = data.draw(st.integers(0, 40))
+    rows = data.draw(st.lists(st.integers(0, len(values) - 1), min_size=n, max_size=n))
+    live = [data.draw(st.booleans()) and values[r] is not None for r in rows]
+    cut = sorted(data.draw(st.lists(st.integers(0, len(values)), min_size=chunks - 1, max_size=chunks - 1)))
+    bounds = [0, *cut, len(values)]
+    column = pa.chunked_array([pa.array(values[a:b], type=dtype) for a, b in zip(bounds, bounds[1:])], type=dtype)
+    got = take_live(column, np.array(rows, dtype=np.int64), np.array(live, dtype=bool))
+    want = column.take(pa.array(rows, type=pa.int64(), mask=~np.array(live, dtype=bool)))
+    assert got.type == dtype
+    assert got.to_pylist() == want.to_pylist()
+    assert got.null_count == want.null_count
+    got.validate(full=True)
+
+
+@pytest.mark.parametrize("latest", ["arrow", "duckdb"])
+@pytest.mark.parametrize("resolved", [ONLY_LATEST, MIXED], ids=["direct", "general"])
+def test_spine_faults_are_named_on_every_path(latest, resolved):
+    """A null time, or a key value that is not of its key's type, is an error naming it, on
+    every plan; with both, the null time is named (the key check runs only when the key
+    column has another type)."""
+    from datetime import datetime
+
+    from parity.batch.training_set import SpineError
+
+    t = datetime(2026, 1, 10, 12, 0)
+    rows = [{"user_id": 1, "kind": "a", "amount": 3, "score": 0.5, "ts": datetime(2026, 1, 10, 11, 0),
+             "_ingested_at": t, "_applied_at": None, "_partition": 0, "_offset": 0}]
+
+    def run(spine):
+        con = connect()
+        con.register("events_arrow", pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+        return run_training_set(con, DEFS, resolved, spine, lambda source: "events_arrow", latest=latest)
+
+    null_time = pa.table({"user_id": [1, 1, 2], "ts": pa.array([t, None, None], pa.timestamp("us"))})
+    with pytest.raises(SpineError, match="2 spine rows have a null 'ts'"):
+        run(null_time)
+    text_keys = pa.table({"user_id": ["1", "x", None], "ts": pa.array([t, t, t], pa.timestamp("us"))})
+    with pytest.raises(SpineError, match="1 spine values of 'user_id' are not int64"):
+        run(text_keys)
+    both = pa.table({"user_id": ["1", "x"], "ts": pa.array([t, None], pa.timestamp("us"))})
+    with pytest.raises(SpineError, match="1 spine rows have a null 'ts'"):
+        run(both)
+    fine = run(pa.table({"user_id": ["1", "2"], "ts": pa.array([t, t], pa.timestamp("us"))}))
+    assert fine.column("p__kind").to_pylist() == ["a", None]
