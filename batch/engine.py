@@ -23,6 +23,7 @@ class Phases:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
+LIMIT_VARIABLE = "parity_memory_limit"  # the limit connect() set, in bytes (a DuckDB session variable)
 DEFAULT_MEMORY_CAP = 10 * 10**9  # bytes: the default memory limit is at most 10 GB (9.3 GiB)
 
 
@@ -54,7 +55,11 @@ def connect(memory_limit: str | None = None, threads: int | None = None, temp_di
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
     if memory_limit or capped:
-        con.execute(f"SET memory_limit = '{memory_limit or default_memory_limit()}'")
+        limit = memory_limit or default_memory_limit()
+        exact = _bytes(limit)
+        con.execute(f"SET memory_limit = '{limit if exact is None else f'{exact}B'}'")
+        if exact is not None:  # DuckDB shows its limit rounded (10 GB as 9.3 GiB): keep the exact one
+            con.execute(f"SET VARIABLE {LIMIT_VARIABLE} = {exact}")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if temp_directory:
@@ -112,16 +117,34 @@ STATE_BYTES = 512  # a point's merge state per feature, on average (last_k lists
 def merge_chunks(con, resolved: list[ResolvedFeature], rows: int) -> int:
     """How many chunks of points the final merge uses for ``rows`` spine rows: enough to fit
     DuckDB's memory limit."""
-    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    budget = _bytes(limit) // 4  # leave room for the joins feeding the merge
+    budget = memory_limit_bytes(con) // 4  # leave room for the joins feeding the merge
     per_chunk = max(1_000, min(POINTS_PER_CHUNK, budget // (STATE_BYTES * max(1, len(resolved)))))
     return max(1, -(-rows // per_chunk))
 
 
-def _bytes(text: str) -> int:
-    number, _, unit = text.strip().partition(" ")
-    scale = {"bytes": 1, "kib": 2**10, "kb": 10**3, "mib": 2**20, "mb": 10**6, "gib": 2**30, "gb": 10**9,
-             "tib": 2**40, "tb": 10**12}.get(unit.lower(), 1)
+def memory_limit_setting(con) -> str:
+    """DuckDB's memory limit as it shows it (e.g. ``9.3 GiB``; ``SET memory_limit`` takes it back)."""
+    return con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+
+def memory_limit_bytes(con) -> int:
+    """DuckDB's memory limit in bytes: as :func:`connect` set it, else as DuckDB shows it
+    (rounded: setting that value again would lower the limit a little)."""
+    exact = con.execute(f"SELECT getvariable('{LIMIT_VARIABLE}')").fetchall()[0][0]
+    return int(exact) if exact is not None else _bytes(memory_limit_setting(con))
+
+
+def _bytes(text: str) -> int | None:
+    """Bytes of a size as DuckDB writes or takes it (``9.3 GiB``, ``10GB``, ``512 MB``);
+    None when it is not one."""
+    import re
+
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b|bytes|b)?\s*", text, re.IGNORECASE)
+    if found is None:
+        return None
+    number, unit = found.groups()
+    scale = {"b": 1, "bytes": 1, "kib": 2**10, "kb": 10**3, "mib": 2**20, "mb": 10**6, "gib": 2**30, "gb": 10**9,
+             "tib": 2**40, "tb": 10**12}[(unit or "b").lower()]
     return int(float(number) * scale)
 
 
@@ -193,7 +216,7 @@ def run_training_set(con, defs: Definitions, resolved: list[ResolvedFeature], sp
                 return result
             con.execute("DROP VIEW __spine")  # some spine row sees two rows of its key: the general plan
             prepare_spine(con, defs, resolved, table, timestamp_column)
-        def running_path(group) -> tuple[str, int]:
+        def running_path(group) -> tuple[str, int, int]:
             return _running_path(defs, group, sizes, rows, running)
 
         return _run_groups(con, defs, resolved, scan_of, mode, columns, rows, scales, out, phases, bar, latest_path,
@@ -218,7 +241,7 @@ class _Sizes:
     @property
     def memory_limit(self) -> int:
         if self._limit is None:
-            self._limit = _bytes(self._con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+            self._limit = memory_limit_bytes(self._con)
         return self._limit
 
 
@@ -232,18 +255,20 @@ def _latest_path(defs, group, sizes: _Sizes, points: int, requested: str) -> str
     return choose(requested, defs, group, sizes.rows(group.view.source), points, sizes.memory_limit)
 
 
-def _running_path(defs, group, sizes: _Sizes, points: int, requested: str) -> tuple[str, int]:
-    """``("arrow", bytes)`` or ``("duckdb", 0)`` for a view's running totals
+def _running_path(defs, group, sizes: _Sizes, points: int, requested: str) -> tuple[str, int, int]:
+    """``("arrow", bytes, limit)`` or ``("duckdb", 0, limit)`` for a view's running totals
     (:func:`parity.batch.prefix_arrow.choose` on the rows of the view's scan and DuckDB's
     memory limit); ``bytes``: the estimated working set, taken from DuckDB's limit while
-    the arrays live (none when the path is forced: tests)."""
+    the arrays live (none when the path is forced: tests); ``limit``: DuckDB's limit as read
+    once per run, restored after each group (DuckDB shows it rounded down, so a limit read
+    back after every group would shrink a little each time)."""
     from parity.batch.prefix_arrow import choose, working_set
 
     if requested != "auto":
-        return choose(requested, defs, group, 0, 0, 0), 0
+        return choose(requested, defs, group, 0, 0, 0), 0, 0
     rows = sizes.rows(group.view.source)
     path = choose(requested, defs, group, rows, points, sizes.memory_limit)
-    return path, working_set(defs, group, rows, points) if path == "arrow" else 0
+    return path, working_set(defs, group, rows, points) if path == "arrow" else 0, sizes.memory_limit
 
 
 def _run_direct_arrow(con, defs, group, scan_of, mode, columns, timestamp_column, out, phases, bar,

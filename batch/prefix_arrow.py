@@ -326,23 +326,22 @@ def running_values(plan: Plan, rows, point_keys: list, t):
     return by_point, out
 
 
-def running_table(con, defs: Definitions, group: PrefixGroup, events: str, points: str, reserve: int = 0):
+def running_table(con, defs: Definitions, group: PrefixGroup, events: str, points: str, reserve: int = 0,
+                  limit: int = 0):
     """The group's values at every row of the DuckDB relation ``points`` (entity keys ``__k*``
     and ``__t``) as an Arrow table: the keys, ``__t``, then each feature; or None (the
     caller runs :func:`parity.batch.prefix.prefix_sql` instead).
 
-    While the arrays live, DuckDB's memory limit is lowered by ``reserve`` bytes (DuckDB
-    moves its temporary tables to disk to honour it), so both together stay within it."""
+    While the arrays live, DuckDB's memory limit ``limit`` (bytes, read once per run by the
+    caller) is lowered by ``reserve`` bytes (DuckDB moves its temporary tables to disk to
+    honour it), so both together stay within it; then ``limit`` is set again."""
     import pyarrow as pa
 
     from parity.batch.latest_arrow import BATCH_ROWS
 
     plan = plan_of(defs, group)
     keys = [q("__k_" + k) for k in defs.entity(group.view.entity).join_keys]
-    if reserve:
-        from parity.batch.engine import _bytes
-
-        limit = _bytes(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+    if reserve and limit:
         part, whole = SHARE
         con.execute(f"SET memory_limit = '{max(limit - reserve, limit * (whole - part) // whole)}B'")
     try:
@@ -350,7 +349,7 @@ def running_table(con, defs: Definitions, group: PrefixGroup, events: str, point
         rows = con.sql(rows_sql(defs, group, plan, events, points)).to_arrow_table(BATCH_ROWS)
         found = running_values(plan, rows, at.columns[:len(keys)], at.column("__t").to_numpy())
     finally:
-        if reserve:
+        if reserve and limit:
             con.execute(f"SET memory_limit = '{limit}B'")
     if found is None:
         return None

@@ -361,7 +361,7 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
                      mode: str, user_columns: list[str], *, step: Callable[..., str],
                      chunks: int = 1, scales: Scales | None = None, ordered: bool = True,
                      latest_path: Callable[[LatestGroup], str] = lambda group: "duckdb",
-                     running_path: Callable[[PrefixGroup], tuple[str, int]] = lambda group: ("duckdb", 0)) -> str:
+                     running_path: Callable[[PrefixGroup], tuple[str, int, int]] = lambda group: ("duckdb", 0, 0)) -> str:
     """The final SELECT: the spine's columns, then each feature, in spine order (``ordered``),
     or in any order with the spine's row number ``__row`` last (for the caller to order).
 
@@ -396,12 +396,13 @@ def training_set_sql(defs: Definitions, resolved: list[ResolvedFeature], scan_of
         if isinstance(group, PrefixGroup):
             more, sql = prefix_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} running totals ({len(group.features)} features)"
-            path, reserve = running_path(group)
+            path, reserve, limit = running_path(group)
             if path == "arrow":
                 deferred, more, sql_name = more, [], name
                 name = (f"{group.view.name} v{group.view.version} running totals in memory "
                         f"({len(group.features)} features)")
-                arrow = (lambda con, g=group, e=events, p=points, r=reserve: running_table(con, defs, g, e, p, r))
+                arrow = (lambda con, g=group, e=events, p=points, r=reserve, m=limit:
+                         running_table(con, defs, g, e, p, r, m))
         elif isinstance(group, RecentGroup):
             more, sql = recent_sql(defs, group, events, points, f"__g{index}", floor_sql)
             name = f"{group.view.name} v{group.view.version} last values of {group.column} ({len(group.features)} features)"

@@ -12,7 +12,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parity.batch.engine import Phases, connect, run_training_set
+from parity.batch.engine import Phases, connect, memory_limit_bytes, run_training_set
 from parity.batch.prefix import SCALES, PrefixGroup
 from parity.batch.prefix_arrow import SHARE, choose, limb, limb_layout, limbs_to_double, working_set
 from parity.registry.models import Definitions, Entity, Feature, FeatureView, Source
@@ -111,3 +111,23 @@ def test_dispatch_in_memory_while_the_working_set_fits_its_share():
     assert working_set(DEFS, group, 2_000_000, 100_000) > need  # grows with the rows
     assert choose("duckdb", DEFS, group, 1, 1, 10 ** 12) == "duckdb"
     assert choose("arrow", DEFS, group, 10 ** 12, 10 ** 12, 1) == "arrow"
+
+
+def test_the_memory_limit_lowered_for_the_arrays_comes_back_unchanged():
+    """With ``running="auto"`` the in-memory path lowers DuckDB's limit while its arrays live,
+    then sets it again: to the limit as it was, not to DuckDB's rounded display of it (which
+    would shrink it a little on every group of every training set)."""
+    base = datetime(2026, 1, 10, 10, 0)
+    rows = [{"user_id": 1 + i % 3, "amount": i, "ts": base + timedelta(minutes=7 * i), "_ingested_at": base,
+             "_applied_at": base, "_partition": 0, "_offset": i} for i in range(40)]
+    spine = pa.table({"user_id": [1, 2, 3], "ts": pa.array([base + timedelta(hours=5)] * 3, pa.timestamp("us"))})
+    con = connect("10GB")
+    con.register("ev_arrow", pa.Table.from_pylist(rows, schema=SCHEMA))
+    before = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    for _ in range(3):
+        phases = Phases()
+        run_training_set(con, DEFS, resolve(DEFS, features=["big:*"]), spine, lambda source: "ev_arrow",
+                         running="auto", phases=phases)
+        assert [n for n in phases.seconds if "running totals" in n] == ["features: big v1 running totals in memory (2 features)"]
+        assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == before
+        assert memory_limit_bytes(con) == 10 * 10**9
